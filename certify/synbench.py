@@ -42,21 +42,20 @@ those of the raw data at the same accuracy levels.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 from scipy import stats
 from torch import nn
 
+from certify._progress import track
 from estimators import gaussian_mixture as gm
 from estimators import robust_linear as rl
 
@@ -141,13 +140,6 @@ def _input_shape(value) -> tuple[int, ...]:
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"input_shape must be a tuple of positive ints such as (C, H, W), got {value!r}")
     return tuple(int(v) for v in value)
-
-
-def _progress(iterable, *, verbose: bool, desc: str, total: int | None = None):
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc=desc, total=total, leave=False,
-                disable=not (verbose and sys.stderr.isatty()))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -473,7 +465,7 @@ def extract_features(encoder: nn.Module, x: torch.Tensor, *, layer: str | None =
     dev = _device(encoder, device)
     out = []
     with FeatureExtractor(encoder, layer=layer, flatten=flatten) as fx:
-        for i in _progress(range(0, x.shape[0], batch_size), verbose=verbose, desc="features"):
+        for i in track(range(0, x.shape[0], batch_size), total=None, enabled=verbose, desc="features", unit="batch"):
             out.append(fx(x[i:i + batch_size].to(dev)).to("cpu", torch.float64))
     return torch.cat(out)
 
@@ -740,7 +732,7 @@ def evaluate(encoder: nn.Module, input_shape: Sequence[int], eps: Sequence[float
     feature_dim = -1
     t0 = time.perf_counter()
     with FeatureExtractor(encoder, layer=layer, flatten=flatten) as fx:
-        for k in _progress(range(len(seps)), verbose=verbose, desc="SynBench separations"):
+        for k in track(range(len(seps)), total=len(seps), enabled=verbose, desc="SynBench separations"):
             s = seps[k]
             h_tr, y_tr = _encode_split(fx, s, shape, n_train, int(seed), 0, mapping, batch_size, dev, dtype)
             h_te, y_te = _encode_split(fx, s, shape, n_test, int(seed), 1, mapping, batch_size, dev, dtype)
@@ -908,7 +900,7 @@ def robust_probe(encoder: nn.Module, train, test, eps: Sequence[float] = (0.0, 0
     if scale <= 0:
         raise ValueError("the class means of the training features coincide; cannot set a relative eps")
     clean, robust, train_clean, conv = [], [], [], []
-    for e in _progress(eps_t, verbose=verbose, desc="robust probes"):
+    for e in track(eps_t, total=len(eps_t), enabled=verbose, desc="robust probes"):
         probe = rl.train_robust_probe(h_tr, y_tr, num_classes=num_classes, eps=e * scale,
                                       weight_decay=weight_decay, max_iter=max_iter, seed=seed)
         conv.append(probe.converged)
