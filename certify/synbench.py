@@ -55,6 +55,7 @@ import torch
 from scipy import stats
 from torch import nn
 
+from certify._checks import check_int
 from certify._progress import track
 from estimators import gaussian_mixture as gm
 from estimators import robust_linear as rl
@@ -99,14 +100,6 @@ _FORMAT = "certify.synbench/1"
 # ----------------------------------------------------------------------------------------------
 # validation
 # ----------------------------------------------------------------------------------------------
-def _positive_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def _float_tuple(name: str, values, *, low: float, low_open: bool, high: float, high_open: bool,
                  increasing: bool) -> tuple[float, ...]:
     if isinstance(values, (int, float, np.floating, np.integer)) and not isinstance(values, bool):
@@ -321,7 +314,7 @@ def sample_mixture(separation: float, input_shape: Sequence[int], n: int, *, see
     for testing.
     """
     shape = _input_shape(input_shape)
-    n = _positive_int("n", n)
+    n = check_int("n", n)
     mapping = _pixel_mapping(pixel_mapping)
     xs, ys = zip(*(_mixture_chunks(float(separation), shape, n, seed, split, mapping)))
     return torch.cat(xs), torch.cat(ys)
@@ -461,7 +454,7 @@ def extract_features(encoder: nn.Module, x: torch.Tensor, *, layer: str | None =
     """Features ``(N, F)`` (float64, CPU) of the inputs ``x`` (N, ...), batched; see :class:`FeatureExtractor`."""
     if not isinstance(x, torch.Tensor) or x.ndim < 2:
         raise TypeError("x must be a tensor of shape (N, ...)")
-    batch_size = _positive_int("batch_size", batch_size)
+    batch_size = check_int("batch_size", batch_size)
     dev = _device(encoder, device)
     out = []
     with FeatureExtractor(encoder, layer=layer, flatten=flatten) as fx:
@@ -709,9 +702,9 @@ def evaluate(encoder: nn.Module, input_shape: Sequence[int], eps: Sequence[float
     seps = _float_tuple("separations", separations, low=0.0, low_open=True, high=math.inf,
                         high_open=True, increasing=True)
     grid = _float_tuple("a_grid", a_grid, low=0.5, low_open=True, high=1.0, high_open=False, increasing=True)
-    n_train = _positive_int("n_train", n_train, 8)
-    n_test = _positive_int("n_test", n_test, 1)
-    batch_size = _positive_int("batch_size", batch_size)
+    n_train = check_int("n_train", n_train, 8)
+    n_test = check_int("n_test", n_test, 1)
+    batch_size = check_int("batch_size", batch_size)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     mapping = _pixel_mapping(pixel_mapping)
@@ -1053,7 +1046,7 @@ def compare(radius_report, *, sigma: float = 1.0, radii: Sequence[float] | None 
                          f"as Bayes accuracy, got {a!r}")
     mu_norm = sigma * float(stats.norm.ppf(a))
     if radii is None:
-        num_radii = _positive_int("num_radii", num_radii, 2)
+        num_radii = check_int("num_radii", num_radii, 2)
         r_max = mu_norm
         frame = getattr(radius_report, "to_frame", None)
         if callable(frame):
