@@ -53,9 +53,9 @@ Recipe: adding a family
    ``pixel_bounds`` for the new family automatically; add an independent-reference test.
 """
 from .base import SemanticLayer, SemanticPerturbation
-from .registry import available, get, register
 from .color import Brightness, BrightnessContrast, Contrast, Hue, Lightness, Saturation
 from .geometric import Rotation
+from .registry import available, get, register
 
 __all__ = [
     "SemanticPerturbation", "SemanticLayer", "register", "available", "get",

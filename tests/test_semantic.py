@@ -25,8 +25,10 @@ import torch
 from torch import nn
 
 import semantic_layers
-from certify import semantic
-from certify.semantic import SemanticReport, semantic_report, verify_semantic
+from certify import rundir
+from certify.rundir import ResumeMismatchError, RunDirBusyError
+from certify.semantic import run as semantic_run
+from certify.semantic import SemanticReport, resolve_range, semantic_report, verify_semantic
 
 TOL = 1e-4
 FAMILIES = semantic_layers.available()
@@ -42,7 +44,7 @@ def make_case(p, seed: int = 3):
     x = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(seed + 1))
     torch.manual_seed(seed)
     model = _cnn()
-    ranges = semantic._resolve_range(p, None)
+    ranges = resolve_range(p, None)
     axes = [torch.linspace(a, b, 41 if len(ranges) == 1 else 11) for a, b in ranges]
     theta = torch.cartesian_prod(*axes).reshape(-1, len(ranges))
     with torch.no_grad():
@@ -242,7 +244,7 @@ def test_report_rows_resume_and_files(tmp_path, monkeypatch):
     rep = semantic_report(model, ds, perts, out=out, verbose=False, **kw)
     assert len(rep) == 3 * (1 + 2 + 1)
     for name in ("rows.tsv", "run.json", "summary.json", "report.md", "semantic_accuracy.png",
-                 "semantic_examples.png"):
+                 "semantic_ranges.png", "semantic_examples.png"):
         assert (out / name).exists(), name
     back = SemanticReport.from_tsv(out / "rows.tsv")
     frame, frame2 = rep.to_frame(), back.to_frame()
@@ -267,8 +269,8 @@ def test_report_rows_resume_and_files(tmp_path, monkeypatch):
         rep.certified_accuracy("brightness_contrast", [0.1])
     # resume: nothing is recomputed
     calls = []
-    real = semantic.verify_semantic
-    monkeypatch.setattr(semantic, "verify_semantic", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = semantic_run.verify_semantic
+    monkeypatch.setattr(semantic_run, "verify_semantic", lambda *a, **k: calls.append(1) or real(*a, **k))
     again = semantic_report(model, ds, perts, out=out, verbose=False, plots=False, **kw)
     assert calls == [] and again.to_frame().equals(frame)
     # an interrupted run: drop the last rows, resume recomputes only them
@@ -276,9 +278,35 @@ def test_report_rows_resume_and_files(tmp_path, monkeypatch):
     (out / "rows.tsv").write_text("\n".join(lines[:-2]) + "\n")   # the last two rows: idx 2 rotation + b_c/brightness
     again = semantic_report(model, ds, perts, out=out, verbose=False, plots=False, **kw)
     assert len(calls) == 2 and len(again) == len(rep)
-    # settings must match to resume
-    with pytest.raises(ValueError, match="settings differ"):
+    # settings must match to resume (a ResumeMismatchError naming the difference), conventions included
+    with pytest.raises(ResumeMismatchError, match="n_splits"):
         semantic_report(model, ds, perts, out=out, verbose=False, plots=False, **{**kw, "n_splits": 6})
+    pivot0 = [bright, semantic_layers.get("brightness_contrast", pivot=0.0), semantic_layers.get("rotation")]
+    with pytest.raises(ResumeMismatchError, match="conventions"):
+        semantic_report(model, ds, pivot0, out=out, verbose=False, plots=False, **kw)
+    # a rerun without resume does not silently overwrite finished rows; overwrite=True starts over
+    before = (out / "rows.tsv").read_text()
+    with pytest.raises(ValueError, match="already holds a run"):
+        semantic_report(model, ds, perts, out=out, verbose=False, plots=False, resume=False, **kw)
+    assert (out / "rows.tsv").read_text() == before
+    fresh = semantic_report(model, ds, perts[:1], out=out, verbose=False, plots=False,
+                            resume=False, overwrite=True, **{**kw, "max_examples": 1})
+    assert len(fresh) == 1 and not (out / "summary.json").read_text().count("rotation")
+    # extending a run (a larger max_examples) resumes it
+    more = semantic_report(model, ds, perts[:1], out=out, verbose=False, plots=False, **{**kw, "max_examples": 2})
+    assert len(more) == 2
+
+
+def test_report_run_directory_is_locked(tmp_path):
+    """A second run on the same out directory while the first holds it gets a clear error, nothing written."""
+    bright = semantic_layers.get("brightness")
+    model, x0, label = make_case(bright)
+    ds = TinyDataset(x0[None], torch.tensor([label]))
+    out = tmp_path / "run"
+    with rundir.open_run(out, settings={"other": 1}):
+        with pytest.raises(RunDirBusyError, match="already open|in use"):
+            semantic_report(model, ds, [bright], out=out, verbose=False, plots=False, n_splits=2, attack=False)
+    assert not (out / "rows.tsv").exists()
 
 
 def test_report_validation(tmp_path):
