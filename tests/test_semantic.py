@@ -27,8 +27,8 @@ from torch import nn
 import semantic_layers
 from certify import rundir
 from certify.rundir import ResumeMismatchError, RunDirBusyError
-from certify.semantic import run as semantic_run
 from certify.semantic import SemanticReport, resolve_range, semantic_report, verify_semantic
+from certify.semantic import run as semantic_run
 
 TOL = 1e-4
 FAMILIES = semantic_layers.available()
@@ -354,3 +354,75 @@ def test_cli(tmp_path):
     assert len(SemanticReport.from_tsv(out / "rows.tsv")) == 2
     with pytest.raises(SystemExit):
         cli.main(args[:-2] + ["--max-param", "hue=abc", "--out", str(out)])
+
+
+def _grey_cli_setup(tmp_path, layer: str = "nn.ReLU()"):
+    """A grayscale user model (file.py:Class, optionally with an unsupported layer) and a 2-image .npz."""
+    import numpy as np
+
+    src = tmp_path / "grey_arch.py"
+    src.write_text(
+        "from torch import nn\n"
+        "class Grey(nn.Sequential):\n"
+        "    def __init__(self):\n"
+        f"        super().__init__(nn.Conv2d(1, 4, 3, 1, 1), {layer}, nn.Flatten(), nn.Linear(4 * 36, 3))\n")
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("grey_arch_mod", src)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(0)
+    model = mod.Grey().eval()
+    ckpt = tmp_path / "grey.pt"
+    torch.save(model.state_dict(), ckpt)
+    x = torch.rand(2, 1, 6, 6)
+    with torch.no_grad():
+        y = model(x).argmax(dim=1)
+    np.savez(tmp_path / "grey.npz", x=x.numpy(), y=y.numpy())
+    return ["-q", "semantic", "--checkpoint", str(ckpt), "--arch", f"{src}:Grey", "--data",
+            str(tmp_path / "grey.npz"), "--n-splits", "2", "--attack-grid", "11"]
+
+
+@pytest.mark.parametrize("extra, layer, message", [
+    (["--perturbation", "nope"], "nn.ReLU()", "unknown semantic perturbation 'nope'"),
+    (["--perturbation", "rotation", "--max-param=5:-5"], "nn.ReLU()", "inverted"),
+    (["--perturbation", "brightness", "--max-param=0:0"], "nn.ReLU()", "empty"),
+    (["--perturbation", "brightness", "--max-param=0.1:0.3"], "nn.ReLU()", "must contain 0"),
+    (["--perturbation", "hue"], "nn.ReLU()", "3-channel"),
+    (["--perturbation", "brightness"], "nn.Tanh()", "unsupported operator.*Tanh.*certify bounds only"),
+    (["--perturbation", "brightness", "--pivot", "mean"], "nn.ReLU()", "--pivot applies to contrast"),
+    (["--perturbation", "contrast", "--pivot", "median"], "nn.ReLU()", "pivot must be"),
+])
+def test_cli_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, extra, layer, message):
+    import re
+
+    from certify import cli
+
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as info:
+        cli.main(_grey_cli_setup(tmp_path, layer) + extra + ["--out", str(out)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(message, err[0]), err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_cli_resume_overwrite_and_pivot(tmp_path):
+    from certify import cli
+
+    out = tmp_path / "run"
+    args = _grey_cli_setup(tmp_path) + ["--perturbation", "contrast,rotation", "--pivot", "mean", "--fill", "0",
+                                        "--max-param", "contrast=0.2,rotation=5", "--out", str(out)]
+    assert cli.main(args) == 0
+    settings = json.loads((out / "run.json").read_text())
+    assert settings["conventions"]["contrast"]["pivot"] == "mean"
+    assert settings["conventions"]["rotation"]["fill"] == 0.0
+    assert (out / "semantic_ranges.png").exists()
+    rows = (out / "rows.tsv").read_text()
+    assert cli.main(args) == 0 and (out / "rows.tsv").read_text() == rows    # resumed: nothing recomputed
+    with pytest.raises(SystemExit):
+        cli.main(args + ["--no-resume"])                                       # refuses to overwrite
+    assert (out / "rows.tsv").read_text() == rows
+    with pytest.raises(SystemExit):
+        cli.main(args + ["--overwrite"])                                       # --overwrite needs --no-resume
+    assert cli.main(args + ["--no-resume", "--overwrite", "--max", "1"]) == 0
+    assert len((out / "rows.tsv").read_text().splitlines()) == 2 + 2         # preamble + header + 2 rows

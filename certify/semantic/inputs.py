@@ -101,8 +101,16 @@ def resolve_range(perturbation: Any, max_param: Any) -> tuple[tuple[float, float
                              f"{'a (lo, hi) pair' if k == 1 else 'k (lo, hi) pairs or k numbers'}; got {max_param!r}")
     pairs = tuple((float(a), float(b)) for a, b in pairs)
     for (a, b), name in zip(pairs, perturbation.param_names):
+        if not (math.isfinite(a) and math.isfinite(b)):
+            raise ValueError(f"the range of {name!r} must be finite; got {(a, b)}")
+        if a > b:
+            raise ValueError(f"the range of {name!r} is inverted (lo > hi); give it as (lo, hi) with "
+                             f"lo <= 0 <= hi; got {(a, b)}")
         if not (a <= 0.0 <= b):
             raise ValueError(f"the range of {name!r} must contain 0 (theta = 0 is the identity); got {(a, b)}")
+    if all(a == b for a, b in pairs):
+        raise ValueError(f"the range of {perturbation.name!r} is empty (lo == hi); give lo < hi with "
+                         f"lo <= 0 <= hi; got {pairs if len(pairs) > 1 else pairs[0]}")
     lo = [a for a, _ in pairs]
     hi = [b for _, b in pairs]
     perturbation.validate_range(lo if k > 1 else lo[0], hi if k > 1 else hi[0])

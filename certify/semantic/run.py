@@ -109,6 +109,7 @@ def semantic_report(model: nn.Module, dataset: Any, perturbations: Sequence[Any]
     if overwrite and resume:
         raise ValueError("overwrite=True deletes the rows already in out: use it with resume=False")
     _check_images(perturbations, dataset)
+    model_net = lirpa.bounded_module(model, dataset[0][0].float().unsqueeze(0))   # unsupported operators fail here
     ranges = {p.name: resolve_range(p, max_param) for p in perturbations}
     indices = list(range(0, len(dataset), opts["skip"]))[:opts["max_examples"]]
     settings = _settings(model, dataset, perturbations, ranges, opts)
@@ -121,12 +122,9 @@ def semantic_report(model: nn.Module, dataset: Any, perturbations: Sequence[Any]
         todo = [(i, p) for i in indices for p in perturbations if (i, p.name) not in done]
         logger.info("semantic report: %d examples x %d families, %d to do (%d done)", len(indices),
                     len(perturbations), len(todo), len(done))
-        model_net = None
         with progress(total=len(todo), desc="semantic", unit="cert", enabled=verbose) as bar:
             for i, p in todo:
                 x, y = dataset[i]
-                if model_net is None:
-                    model_net = lirpa.bounded_module(model, x.float().unsqueeze(0))
                 rng = ranges[p.name]
                 cert = verify_semantic(model, x, int(y), p, method=opts["method"],
                                        max_param=rng if len(rng) > 1 else rng[0], n_splits=opts["n_splits"],
