@@ -201,6 +201,10 @@ def test_bad_input():
         verify_semantic(model, x, label, p, baseline="l2")
     with pytest.raises(ValueError, match="contain 0"):
         verify_semantic(model, x, label, p, max_param=(5.0, 10.0))
+    with pytest.raises(ValueError, match="inverted"):
+        verify_semantic(model, x, label, p, max_param=(10.0, -10.0))
+    with pytest.raises(ValueError, match="empty"):
+        verify_semantic(model, x, label, p, max_param=(0.0, 0.0))
     with pytest.raises(ValueError, match="domain"):
         verify_semantic(model, x, label, p, max_param=500.0)
     with pytest.raises(ValueError, match="max_param"):

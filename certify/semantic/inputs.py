@@ -100,6 +100,15 @@ def resolve_range(perturbation: Any, max_param: Any) -> tuple[tuple[float, float
             raise ValueError(f"max_param for {perturbation.name!r} (k={k}) must be a number, "
                              f"{'a (lo, hi) pair' if k == 1 else 'k (lo, hi) pairs or k numbers'}; got {max_param!r}")
     pairs = tuple((float(a), float(b)) for a, b in pairs)
+    _check_pairs(perturbation, pairs)
+    lo = [a for a, _ in pairs]
+    hi = [b for _, b in pairs]
+    perturbation.validate_range(lo if k > 1 else lo[0], hi if k > 1 else hi[0])
+    return pairs
+
+
+def _check_pairs(perturbation: Any, pairs: tuple) -> None:
+    """Each (lo, hi) finite, not inverted, containing 0; not all empty."""
     for (a, b), name in zip(pairs, perturbation.param_names):
         if not (math.isfinite(a) and math.isfinite(b)):
             raise ValueError(f"the range of {name!r} must be finite; got {(a, b)}")
@@ -111,7 +120,3 @@ def resolve_range(perturbation: Any, max_param: Any) -> tuple[tuple[float, float
     if all(a == b for a, b in pairs):
         raise ValueError(f"the range of {perturbation.name!r} is empty (lo == hi); give lo < hi with "
                          f"lo <= 0 <= hi; got {pairs if len(pairs) > 1 else pairs[0]}")
-    lo = [a for a, _ in pairs]
-    hi = [b for _, b in pairs]
-    perturbation.validate_range(lo if k > 1 else lo[0], hi if k > 1 else hi[0])
-    return pairs

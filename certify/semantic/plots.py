@@ -114,7 +114,7 @@ def picture_grid(self: SemanticReport, path: str | os.PathLike, dataset: Any,
         raise ValueError("none of the report's families is among perturbations")
     shown: list[tuple[str, Any, list]] = []
     done = set()
-    for pert, param in fams:
+    for pert, _param in fams:
         if pert in done:
             continue
         rows_all = [r for r in self.rows if r["perturbation"] == pert]
