@@ -286,7 +286,7 @@ CASES = {
     "cnn": (small_cnn, (1, 6, 6), 0.1, ("crown-ibp",), "patches"),
     "cnn-matrix": (small_cnn, (1, 6, 6), 0.1, (), "matrix"),
     "batchnorm-avgpool": (bn_net, (1, 6, 6), 0.1, ("crown-ibp",), "patches"),
-    "maxpool": (maxpool_net, (1, 6, 6), 0.1, (), "patches"),
+    "maxpool": (maxpool_net, (1, 6, 6), 0.1, ("forward+backward",), "patches"),
     "view": (ViewNet, (6,), 0.3, ("crown-ibp",), "auto"),
     "clip-max-rewrites": (ClipMax, (5,), 0.4, ("crown-ibp",), "auto"),
     "sin-cos": (SinCos, (4,), 0.3, ("crown-ibp",), "auto"),
@@ -372,7 +372,8 @@ def test_batch_size_changes_and_state_reset():
     C3 = lirpa.margin_spec(torch.tensor([0, 1, 2]), 4)
     ref = lirpa.compute_bounds(bounded, x_lower=lo, x_upper=hi, method="crown", C=C3)
     for method, n, spec in [("alpha-crown", 3, C3), ("alpha-crown", 1, None), ("crown", 2, None),
-                            ("alpha-crown", 2, C3[:2]), ("crown", 3, C3)]:
+                            ("alpha-crown", 2, C3[:2]), ("crown", 3, C3),
+                            ("forward+backward", 3, C3), ("forward+backward", 2, None)]:
         b = lirpa.compute_bounds(bounded, x_lower=lo[:n], x_upper=hi[:n], method=method, C=spec,
                                  alpha_iterations=3)
         check_contains(model, b, lo[:n], hi[:n], spec, gen, f"{method}/{n}")

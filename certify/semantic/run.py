@@ -67,7 +67,7 @@ def _settings(model: nn.Module, dataset: Any, perturbations: Sequence[Any], rang
 def semantic_report(model: nn.Module, dataset: Any, perturbations: Sequence[Any], *, out: str | os.PathLike,
                     method: str = "crown", max_param: Any = None, max_examples: int | None = None,
                     skip: int = 1, resume: bool = True, overwrite: bool = False, n_splits: int = 8,
-                    max_refine: int = 4, attack: bool = True, attack_grid: int = 1001, attack_steps: int = 20,
+                    max_refine: int = 4, attack: bool = True, attack_grid: int = 201, attack_steps: int = 20,
                     batch_size: int = 32, seed: int = 0, baseline: str | None = None,
                     margin_tol: float = 1e-4, alpha_iterations: int = 20, plots: bool = True,
                     verbose: bool = True) -> SemanticReport:

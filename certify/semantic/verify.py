@@ -28,7 +28,7 @@ __all__ = ["verify_semantic"]
 
 def verify_semantic(model: nn.Module, x: torch.Tensor, label: int, perturbation: Any, *,
                     method: str = "crown", max_param: Any = None, n_splits: int = 8,
-                    max_refine: int = 4, attack: bool = True, attack_grid: int = 1001,
+                    max_refine: int = 4, attack: bool = True, attack_grid: int = 201,
                     attack_steps: int = 20, batch_size: int = 32, seed: int = 0,
                     baseline: str | None = None, margin_tol: float = 1e-4,
                     alpha_iterations: int = 20, _model_net: lirpa.BoundedNet | None = None
@@ -83,6 +83,8 @@ def verify_semantic(model: nn.Module, x: torch.Tensor, label: int, perturbation:
         bounder = _Bounder(model, img, label, num_classes, perturbation, method=opts.method, baseline=opts.baseline,
                            batch_size=opts.batch_size, alpha_iterations=opts.alpha_iterations,
                            margin_tol=opts.margin_tol, model_net=_model_net)
+        bounder.range_lo = torch.tensor([a for a, _ in ranges], dtype=torch.float64)
+        bounder.range_hi = torch.tensor([b for _, b in ranges], dtype=torch.float64)
         path = _verify_1d if len(ranges) == 1 else _verify_2d
         found = path(model, img, label, perturbation, ranges, bounder, opts, clean_correct=predicted == label)
     return SemanticCertificate(
