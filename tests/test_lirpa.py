@@ -250,6 +250,12 @@ class ScalarNormalised(nn.Module):
         return self.fc(h.reshape(h.shape[0], -1))
 
 
+def lenet_like():
+    """LeNet-5-style: conv-pool-conv-pool-fc-fc (small)."""
+    return nn.Sequential(nn.Conv2d(1, 4, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 6, 5, padding=2),
+                         nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(6 * 3 * 3, 20), nn.ReLU(), nn.Linear(20, 5))
+
+
 class Normalize(nn.Module):
     """A user ``Normalize`` module: per-channel buffers viewed as (C, 1, 1)."""
 
@@ -286,7 +292,7 @@ CASES = {
     "cnn": (small_cnn, (1, 6, 6), 0.1, ("crown-ibp",), "patches"),
     "cnn-matrix": (small_cnn, (1, 6, 6), 0.1, (), "matrix"),
     "batchnorm-avgpool": (bn_net, (1, 6, 6), 0.1, ("crown-ibp",), "patches"),
-    "maxpool": (maxpool_net, (1, 6, 6), 0.1, ("forward+backward",), "patches"),
+    "maxpool": (maxpool_net, (1, 6, 6), 0.1, ("forward+backward", "crown-ibp"), "patches"),
     "view": (ViewNet, (6,), 0.3, ("crown-ibp",), "auto"),
     "clip-max-rewrites": (ClipMax, (5,), 0.4, ("crown-ibp",), "auto"),
     "sin-cos": (SinCos, (4,), 0.3, ("crown-ibp",), "auto"),
@@ -296,6 +302,7 @@ CASES = {
     "semantic-2param": (lambda: SemanticStyle(2), (2,), 0.3, ("crown-ibp", "forward+backward"), "auto"),
     "reduce-sum": (SumNet, (5,), 0.3, ("crown-ibp",), "auto"),
     "normalise-0dim-buffers": (ScalarNormalised, (1, 8, 8), 0.1, ("crown-ibp",), "auto"),
+    "lenet-maxpool": (lenet_like, (1, 12, 12), 0.05, ("crown-ibp", "forward+backward"), "patches"),
     "normalise-module-per-channel": (channel_normalised, (3, 6, 6), 0.1, ("crown-ibp",), "auto"),
     "normalise-torchvision": (torchvision_normalised, (1, 6, 6), 0.1, ("crown-ibp",), "auto"),
 }

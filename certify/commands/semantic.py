@@ -76,8 +76,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "[-R1, R1] x [-R2, R2]. Write a negative start as --max-param=-5:10")
     parser.add_argument("--max", dest="max_examples", type=int, default=None, help="certify at most N examples")
     parser.add_argument("--skip", type=int, default=1, help="take every SKIP-th example (default 1)")
-    parser.add_argument("--n-splits", type=int, default=8, help="initial sub-intervals per range (default 8)")
-    parser.add_argument("--max-refine", type=int, default=4, help="bisections of a failing sub-interval (default 4)")
+    parser.add_argument("--n-splits", type=int, default=None,
+                        help="initial sub-intervals per range (default 8; 32 for rotation)")
+    parser.add_argument("--max-refine", type=int, default=None,
+                        help="bisection levels of a failing sub-interval (default 4; 6 for rotation)")
     parser.add_argument("--attack-grid", type=int, default=201, help="parameter grid of the flip search (201)")
     parser.add_argument("--attack-steps", type=int, default=20, help="gradient / bisection steps of the flip search")
     parser.add_argument("--no-attack", action="store_true", help="skip the flip search")
