@@ -201,7 +201,8 @@ def main(argv=None) -> int:
     print(hdr)
     print("-" * len(hdr))
     for r in results:
-        print(f"{r['model']:<14} {r['family']:<11} {r['requested'][1]:>7.3g} {r['n']:>3} {r['seconds_per_image']:>6.2f} "
+        print(f"{r['model']:<14} {r['family']:<11} {r['requested'][1]:>7.3g} {r['n']:>3} "
+              f"{r['seconds_per_image']:>6.2f} "
               f"{r['cpu_seconds_per_image']:>6.2f} {r['tightness']:>6.3f} {r['n_with_flip']:>5} "
               f"{100 * r['fraction_certified']:>5.1f}% {r['grid_flips']:>10}")
     rep = report

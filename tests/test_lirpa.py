@@ -4,7 +4,8 @@ Each case builds a small random network, draws random input boxes (one wide, one
 for IBP, CROWN, alpha-CROWN (and CROWN-IBP, forward+backward where auto_LiRPA supports it), that no
 sample of the box - ALL corners when the box has <= 10 dimensions, otherwise 600 random corners -
 plus uniform interior points (>= 1,000 samples per box) plus projected-gradient points pushing every
-specification to its min and max leaves the computed ``[lower, upper]``. (Checked by mutation: shrinking every bound by 2% of its width is
+specification to its min and max leaves the computed ``[lower, upper]``. (Checked by mutation: shrinking
+every bound by 2% of its width is
 caught in every case.)
 Failure budget: zero violations beyond a 1e-5 relative float32 tolerance. Seeds are fixed.
 """
@@ -253,7 +254,8 @@ class ScalarNormalised(nn.Module):
 def lenet_like():
     """LeNet-5-style: conv-pool-conv-pool-fc-fc (small)."""
     return nn.Sequential(nn.Conv2d(1, 4, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 6, 5, padding=2),
-                         nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(6 * 3 * 3, 20), nn.ReLU(), nn.Linear(20, 5))
+                         nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(6 * 3 * 3, 20), nn.ReLU(),
+                         nn.Linear(20, 5))
 
 
 class Normalize(nn.Module):
