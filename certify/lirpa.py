@@ -797,61 +797,6 @@ def compute_bounds(bounded: BoundedNet, *, x_lower: torch.Tensor, x_upper: torch
     return Bounds(lower=lower, upper=upper, method=m)
 
 
-@dataclasses.dataclass(frozen=True)
-class LinearBound:
-    """A linear lower bound valid on a box: ``C f(x) >= A x + bias`` for every x in ``[x_lower, x_upper]``.
-
-    ``A``: (B, n_specs, *input_shape) float64; ``bias``: (B, n_specs) float64; ``lower``: (B, n_specs), the
-    bound's minimum over the box (what :func:`compute_bounds` returns). ``bias`` is derived from ``lower`` as
-    ``lower - min_box(A x)`` (float64), so the bound can be minimised over any subset of the box (e.g. the
-    images of a parameter interval) with :meth:`minimum_over`.
-    """
-
-    lower: torch.Tensor
-    A: torch.Tensor
-    bias: torch.Tensor
-    method: str
-
-
-def linear_bounds(bounded: BoundedNet, *, x_lower: torch.Tensor, x_upper: torch.Tensor, C: torch.Tensor,
-                  method: str = "crown") -> LinearBound:
-    """CROWN's linear lower bound of ``C f(x)`` in terms of the input, valid on the box (see :class:`LinearBound`).
-
-    ``method``: "crown" (the only one: the linear coefficients of the other methods are not exposed here).
-    """
-    if not isinstance(bounded, BoundedNet):
-        raise TypeError(f"bounded must be a BoundedNet from bounded_module(); got {type(bounded).__name__}")
-    if _check_method(method) != "crown":
-        raise ValueError(f"linear_bounds supports method 'crown' only; got {method!r}")
-    if bounded.unsound_linear_ops:
-        raise ValueError(f"linear bounds are unsound on this network with auto_LiRPA 0.3 (repeated-index "
-                         f"gathers {list(bounded.unsound_linear_ops)})")
-    lo, hi = _validate_box(bounded, x_lower, x_upper)
-    spec = _validate_spec(C, lo.shape[0], bounded.output_dim)
-    if spec is None:
-        raise ValueError("linear_bounds needs a specification C")
-    lib = _lirpa()
-    module = bounded.module
-    ptb = lib.PerturbationLpNorm(norm=float("inf"), x_L=lo, x_U=hi)
-    bx = lib.BoundedTensor((lo + hi) / 2, ptb)
-    out_name, in_name = module.output_name[0], module.input_name[0]
-    with torch.no_grad(), _quiet():
-        lower, _, a_dict = module.compute_bounds(x=(bx,), C=spec, method="backward", bound_upper=False,
-                                                 return_A=True, needed_A_dict={out_name: [in_name]})
-    bounded._last_module = module
-    A = a_dict[out_name][in_name]["lA"]
-    if not isinstance(A, torch.Tensor):
-        raise RuntimeError(f"auto_LiRPA returned input coefficients of type {type(A).__name__}")
-    A = A.detach().double().reshape(lo.shape[0], spec.shape[1], *lo.shape[1:])
-    lower = lower.detach().reshape(lo.shape[0], -1)
-    if torch.isnan(lower).any() or torch.isnan(A).any():
-        raise RuntimeError("auto_LiRPA returned NaN linear bounds")
-    dims = tuple(range(2, A.dim()))
-    lo64, hi64 = lo.double().unsqueeze(1), hi.double().unsqueeze(1)
-    box_min = (A.clamp(min=0) * lo64 + A.clamp(max=0) * hi64).sum(dim=dims)
-    return LinearBound(lower=lower, A=A, bias=lower.double() - box_min, method="crown")
-
-
 def _reference_dict(module: Any, reference: Any, batch: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     if reference is None:
         return {}
