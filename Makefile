@@ -1,6 +1,7 @@
 # Two entry points for a fresh machine (Python 3.11):
 #   make demo   set everything up, then certify Fashion-MNIST test images with the shipped smoothed CNN
 #   make test   set everything up, then run the default test suite
+#   make test-slow-quick   the quick study end to end (the slow-marked quick test; CI runs it after make test)
 # Re-running either on a prepared machine skips the install (stamp file in .venv).
 
 PYTHON ?= python3
@@ -10,13 +11,16 @@ STAMP  := $(VENV)/.certify-installed
 FMNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 PYTEST_ARGS ?=
 
-.PHONY: demo test install data study zoo clean-venv
+.PHONY: demo test test-slow-quick install data study zoo clean-venv
 
 demo: install data
 	$(VENV)/bin/certify demo --out runs/demo
 
 test: install data
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-slow-quick: install data
+	$(PY) -m pytest -q -m slow tests/test_study.py -k quick $(PYTEST_ARGS)
 
 study: install data
 	$(VENV)/bin/certify study --out runs/study

@@ -290,6 +290,25 @@ def test_tiny_study_writes_report_results_plots_and_passes_its_checks(tiny_study
     assert all(p.is_file() for p in res.plots)
 
 
+def test_typed_stage_results_match_results_json_and_the_headline_table(tiny_study):
+    out, res = tiny_study
+    data = json.loads((out / "results.json").read_text())
+    for name, stages in res.stages.items():
+        # the typed results are what results.json holds, and read back from it unchanged
+        assert stages.to_dict() == data["models"][name]
+        assert study.ModelStages.from_dict(data["models"][name]).to_dict() == data["models"][name]
+        assert stages.smoothing.n == 8 and stages.smoothing.norms["l2"].first is not None
+        assert stages.attacks.find("pgd", "linf", 0.1).n == 60
+        assert set(stages.semantic.families) == {"brightness", "contrast", "rotation"}
+        assert all(c.n == 8 for c in stages.smooth_attack.checks)
+    # the README's table from results.json is the report's summary
+    table = study.headline_table(out / "results.json")
+    assert table.splitlines()[0].startswith("| model | clean acc |")
+    assert [line.split(" | ")[0] for line in table.splitlines()[2:5]] == ["| plain", "| noisy", "| ft"]
+    assert table.splitlines()[2] in res.report.read_text()
+    assert "rotation in degrees" in table          # units as the perturbation states them
+
+
 def test_tiny_study_resumes_from_its_caches(tiny_study):
     out, first = tiny_study
     again = study.run_study(out, config=_tiny_config(), verbose=False)
@@ -308,6 +327,16 @@ def test_tiny_study_resumes_from_its_caches(tiny_study):
     history = json.loads((out / "invocations.json").read_text())
     assert [h["stages_computed"] for h in history[-3:]] == [3 * 10, 0, 3]   # 3 models x (training + 9 stages)
     assert changed.timings["total_wall_time_s"] == pytest.approx(sum(h["wall_time_s"] for h in history))
+
+
+def test_a_smoothing_folder_of_other_settings_is_started_afresh(tiny_study):
+    out, _ = tiny_study
+    cfg = _tiny_config(models=_tiny_config().models[:1], n_select=40)
+    res = study.run_study(out, config=cfg, verbose=False)
+    t = res.timings["per_model"]["plain"]
+    assert t["smoothing"]["cached"] is False and t["semantic"]["cached"] is True
+    assert json.loads((out / "smoothing" / "plain" / "run.json").read_text())["n_select"] == 40
+    assert res.models["plain"]["smoothing"]["n"] == 8 and res.consistency["violations"] == 0
 
 
 def test_interrupted_study_leaves_a_partial_report_and_resumes(tmp_path, monkeypatch):

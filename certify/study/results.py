@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Mapping, NamedTuple
 
 from certify._jsonio import jsonable
+from certify.study.cache import FORMAT
+from certify.study.config import StudyConfig
 
 __all__ = [
     "CleanResult", "AttackRow", "AttacksResult", "SynbenchSummary", "ProbeSummary", "CertifiedCurve",
@@ -461,7 +463,7 @@ class StudyResult:
     """
 
     out: Path
-    config: Any
+    config: StudyConfig
     stages: Mapping[str, ModelStages]
     models: Mapping[str, Mapping[str, Any]]
     correlation: Mapping[str, Any]
@@ -473,8 +475,6 @@ class StudyResult:
     wall_time_s: float
 
     def to_dict(self) -> dict:
-        from certify.study.cache import FORMAT
-
         return jsonable({
             "format": FORMAT, "out": str(self.out), "config": self.config.to_dict(), "models": self.models,
             "correlation": self.correlation, "consistency": self.consistency, "timings": self.timings,
