@@ -202,6 +202,14 @@ def test_presets_and_bad_configurations():
         study.StudyConfig(name="x", models=(m,), perturbations=("hue",))
     with pytest.raises(TypeError, match="config"):
         study.run_study("unused", config={"name": "x"})
+    with pytest.raises(TypeError, match="quick"):
+        study.run_study("unused", quick="yes")
+    with pytest.raises(ValueError, match="seed"):
+        study.run_study("unused", seed=-1)
+    with pytest.raises(TypeError, match="verbose"):
+        study.run_study("unused", config=q, verbose="no")
+    # results.json's config reads back as the same configuration
+    assert study.StudyConfig.from_dict(json.loads(json.dumps(f.to_dict()))) == f
 
 
 def test_example_indices_are_evenly_spaced():

@@ -2,8 +2,8 @@
 
 Examples::
 
-    certify study --out runs/study --quick        # CI-sized (<= 10 minutes on 2 cores)
-    certify study --out runs/study                # the full study (<= 60 minutes on 2 cores)
+    certify study --out runs/study --quick        # the CI-sized study (make test-slow-quick runs it)
+    certify study --out runs/study                # the full study
     certify study --out runs/study                # again: resumes, skipping finished stages
 
 Writes ``report.md`` (tables with units and sample counts, consistency checks, time per stage, and a
@@ -24,8 +24,8 @@ HELP = "the four parts together on a family of Fashion-MNIST models: tables, plo
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output directory (an existing one is resumed)")
     parser.add_argument("--quick", action="store_true",
-                        help="CI-sized study (<= 10 min on 2 idle cores): fewer examples and samples, the 4 "
-                             "trained models on 6,000 images for one epoch")
+                        help="the CI-sized study: fewer examples and samples, the 4 trained models on 6,000 "
+                             "images for one epoch")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random step (default 0)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice, normally the number of cores)")

@@ -94,8 +94,9 @@ def plot_synbench(c: StudyConfig, stages: Mapping[str, ModelStages], correlation
         ax.annotate(n, (s, a), textcoords="offset points", xytext=(4, 4), fontsize=8)
     if correlation is not None:
         m = correlation.main
-        ax.set_title(f"SynBench score vs linear-probe accuracy: Spearman rho {m.spearman_rho or float('nan'):.2f}, "
-                     f"p {m.p_value or float('nan'):.2g}, n {m.n}", fontsize=9)
+        rho, p = (float("nan") if v is None else float(v) for v in (m.spearman_rho, m.p_value))
+        ax.set_title(f"SynBench score vs linear-probe accuracy: Spearman rho {rho:.2f}, p {p:.2g}, n {m.n}",
+                     fontsize=9)
     ax.set_xlabel(f"SynBench score (eps 0, a_T {c.a_t:g}), penultimate features")
     ax.set_ylabel(f"linear-probe test accuracy ({c.dataset})")
     ax.grid(alpha=0.3)
