@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.certify-installed
 FMNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow-quick install data study zoo clean-venv
+.PHONY: demo test test-slow-quick lint install data study zoo clean-venv
 
 demo: install data
 	$(VENV)/bin/certify demo --out runs/demo
@@ -19,8 +19,15 @@ demo: install data
 test: install data
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# the quick study end to end (the slow-marked quick test), as CI runs it after make test
 test-slow-quick: install data
 	$(PY) -m pytest -q -m slow tests/test_study.py -k quick $(PYTEST_ARGS)
+
+# ruff (pyproject.toml: pyflakes, pycodestyle, isort, bugbear subset, complexity <= 15, no print in library code)
+# and mypy on the two independent packages
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy estimators semantic_layers
 
 study: install data
 	$(VENV)/bin/certify study --out runs/study
@@ -39,7 +46,7 @@ install: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q --upgrade pip setuptools wheel
-	$(PY) -m pip install --disable-pip-version-check -q -e '.[test]'
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[test,lint]'
 	# auto_LiRPA 0.3's metadata pins torch<1.13; its runtime deps are in install_requires above.
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps auto-LiRPA==0.3
 	$(PY) -c "import certify, semantic_layers, estimators; from certify.lirpa import _lirpa; _lirpa()"

@@ -43,10 +43,8 @@ from __future__ import annotations
 
 from certify.rundir import model_fingerprint
 from certify.study.checks import _allowed_failures as _allowed_failures  # noqa: F401 (tests)
-from certify.study.checks import (grid_check_semantic, rank_correlation, semantic_consistency,
-                                  smoothing_consistency)
-from certify.study.config import (AUGMENTS, SOURCES, ModelSpec, StudyConfig, example_indices, full_config,
-                                  quick_config)
+from certify.study.checks import grid_check_semantic, rank_correlation, semantic_consistency, smoothing_consistency
+from certify.study.config import AUGMENTS, SOURCES, ModelSpec, StudyConfig, example_indices, full_config, quick_config
 from certify.study.driver import _Run as _Run  # noqa: F401 (tests interrupt a run through it)
 from certify.study.driver import run_study
 from certify.study.report import headline_table

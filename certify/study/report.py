@@ -14,8 +14,15 @@ import torch
 
 from certify.study.config import StudyConfig
 from certify.study.reproduce import reproduce_lines
-from certify.study.results import (STAGES, ConsistencySummary, Correlation, ModelStages, RankCorrelation,
-                                   SemanticFamily, StageTime)
+from certify.study.results import (
+    STAGES,
+    ConsistencySummary,
+    Correlation,
+    ModelStages,
+    RankCorrelation,
+    SemanticFamily,
+    StageTime,
+)
 
 __all__ = ["ReportView", "render_report", "headline_table"]
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import shutil
 from typing import Any
 
 import numpy as np
@@ -35,22 +34,19 @@ def _none_if_nan(v: Any) -> float | None:
 
 
 def _report(ctx: StudyContext, spec: ModelSpec) -> Any:
-    """The semantic report of ``spec``, resuming ``semantic/<model>/``; the study owns that folder, so a run
-    in it with other settings or another model is deleted and started afresh."""
+    """The semantic report of ``spec``, resuming ``semantic/<model>/``; a run there with other settings or
+    another model is started afresh."""
     import semantic_layers
     from certify.semantic import semantic_report
 
     folder = ctx.out / "semantic" / spec.name
     perts = [semantic_layers.get(p) for p in ctx.config.perturbations]
-    kw = semantic_kwargs(ctx)
+    kw = dict(semantic_kwargs(ctx), out=folder, plots=False, verbose=ctx.verbose)
     try:
-        return semantic_report(ctx.models[spec.name], ctx.test, perts, out=folder, resume=True, plots=False,
-                               verbose=ctx.verbose, **kw)
+        return semantic_report(ctx.models[spec.name], ctx.test, perts, resume=True, **kw)
     except ResumeMismatchError as exc:
         logger.info("%s: %s; starting the semantic run afresh", spec.name, exc)
-    shutil.rmtree(folder)
-    return semantic_report(ctx.models[spec.name], ctx.test, perts, out=folder, resume=True, plots=False,
-                           verbose=ctx.verbose, **kw)
+    return semantic_report(ctx.models[spec.name], ctx.test, perts, resume=False, overwrite=True, **kw)
 
 
 def _raw(rep: Any, family: str, levels: tuple[float, ...]) -> SemanticRaw:

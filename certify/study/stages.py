@@ -14,8 +14,17 @@ from certify.rundir import ResumeMismatchError
 from certify.study.checks import smoothing_consistency
 from certify.study.config import ModelSpec, example_indices
 from certify.study.context import StudyContext
-from certify.study.results import (AttackRow, AttacksResult, CleanResult, CompareSummary, ProbeSummary,
-                                   SmoothAttackStage, SmoothingCheck, SmoothingSummary, SynbenchSummary)
+from certify.study.results import (
+    AttackRow,
+    AttacksResult,
+    CleanResult,
+    CompareSummary,
+    ProbeSummary,
+    SmoothAttackStage,
+    SmoothingCheck,
+    SmoothingSummary,
+    SynbenchSummary,
+)
 
 logger = logging.getLogger("certify.study")
 
