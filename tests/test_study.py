@@ -339,13 +339,20 @@ def test_tiny_study_resumes_from_its_caches(tiny_study):
     assert changed.timings["total_wall_time_s"] == pytest.approx(sum(h["wall_time_s"] for h in history))
 
 
-def test_a_smoothing_folder_of_other_settings_is_started_afresh(tiny_study):
+def test_runner_folders_of_other_settings_are_started_afresh(tiny_study):
     out, _ = tiny_study
     cfg = _tiny_config(models=_tiny_config().models[:1], n_select=40)
     res = study.run_study(out, config=cfg, verbose=False)
     t = res.timings["per_model"]["plain"]
     assert t["smoothing"]["cached"] is False and t["semantic"]["cached"] is True
     assert json.loads((out / "smoothing" / "plain" / "run.json").read_text())["n_select"] == 40
+    # the semantic runner's folder too (its resume check raises ResumeMismatchError, the study starts over)
+    cfg = _tiny_config(models=_tiny_config().models[:1], n_select=40,
+                       semantic_kwargs={"attack_grid": 201, "attack_steps": 4})
+    res = study.run_study(out, config=cfg, verbose=False)
+    t = res.timings["per_model"]["plain"]
+    assert t["semantic"]["cached"] is False and t["smoothing"]["cached"] is True
+    assert json.loads((out / "semantic" / "plain" / "run.json").read_text())["attack_steps"] == 4
     assert res.models["plain"]["smoothing"]["n"] == 8 and res.consistency["violations"] == 0
 
 
