@@ -19,9 +19,10 @@ demo: install data
 test: install data
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# the quick study end to end (the slow-marked quick test), as CI runs it after make test
+# the quick study end to end (the slow-marked quick test), as CI runs it after make test; one thread for every
+# pool, so the run is reproducible and a busy machine cannot oversubscribe it
 test-slow-quick: install data
-	$(PY) -m pytest -q -m slow tests/test_study.py -k quick $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m slow tests/test_study.py -k quick $(PYTEST_ARGS)
 
 # ruff (pyproject.toml: pyflakes, pycodestyle, isort, bugbear subset, complexity <= 15, no print in library code)
 # and mypy on the two independent packages

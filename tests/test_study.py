@@ -380,7 +380,7 @@ def test_interrupted_study_leaves_a_partial_report_and_resumes(tmp_path, monkeyp
 
 
 # --------------------------------------------------------------------------------------------
-# the quick study through the command line (slow: several minutes)
+# the quick study through the command line (slow; make test-slow-quick)
 # --------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_certify_study_quick_cli(tmp_path, capsys):
@@ -390,8 +390,13 @@ def test_certify_study_quick_cli(tmp_path, capsys):
         pytest.skip("Fashion-MNIST (Debian dataset-fashion-mnist) not installed")
     from certify import cli
 
-    torch.set_num_threads(2)
-    rc = cli.main(["study", "--out", str(tmp_path), "--quick"])
+    # one torch thread: reproducible, and a shared machine cannot oversubscribe it (make test-slow-quick also
+    # sets OMP_NUM_THREADS=1 for the BLAS and OpenMP pools)
+    threads = torch.get_num_threads()
+    try:
+        rc = cli.main(["study", "--out", str(tmp_path), "--quick", "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
     printed = capsys.readouterr().out
     assert rc == 0, printed
     data = json.loads((tmp_path / "results.json").read_text())
