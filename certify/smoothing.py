@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from certify._modes import eval_mode as _eval_mode
+from certify.devices import resolve_device
 
 from estimators.confidence import AlphaBudget, binomial_test_pvalue, check_alpha, clopper_pearson_lower
 from estimators.gradient import GradientBounds, gradient_bound_names, gradient_bounds
@@ -182,17 +183,18 @@ def _model_device_dtype(model) -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.get_default_dtype()
 
 
-
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Smooth
 # ----------------------------------------------------------------------------------------------------------
 class Smooth:
     """A Gaussian-smoothed classifier around ``model`` (any callable/nn.Module mapping (B, *S) -> (B, K)).
 
-    ``num_classes`` K >= 2, ``sigma`` > 0 is the noise standard deviation in input units. Sampling runs on the
-    model's device (first parameter/buffer; CPU for parameter-free callables) in the model's floating dtype.
+    ``num_classes`` K >= 2, ``sigma`` > 0 is the noise standard deviation in input units. Sampling (the model's
+    forward passes and the noise, drawn by a ``torch.Generator`` on that device) runs on ``device``:
+    ``"cpu"``, ``"cuda"``, ``"auto"`` or a ``torch.device`` (:func:`certify.devices.resolve_device`); an
+    ``nn.Module`` model is moved there (``model.to(device)``). With ``device=None`` it runs on the model's device
+    (first parameter/buffer; CPU for parameter-free callables). Always in the model's floating dtype.
+    The noise stream depends on the device type, so certificates are reproducible per device type.
     The model is put in eval mode during sampling and every submodule's mode is restored afterwards.
     Inputs: ONE example of shape (C, H, W), a flat vector (D,), or any other shape of at most 3 axes that the
     model accepts (it receives batches (B, *shape)); a 4-D (1, C, H, W) input is squeezed to (C, H, W) and a 4-D
@@ -200,14 +202,19 @@ class Smooth:
     device; must be finite. Channels for per-channel radii: C = shape[0] for 3-D inputs, otherwise 1.
     """
 
-    def __init__(self, model, num_classes: int, sigma: float):
+    def __init__(self, model, num_classes: int, sigma: float, *, device: str | torch.device | None = None):
         if not callable(model):
             raise TypeError(f"model must be a callable (e.g. torch.nn.Module), got {type(model).__name__}")
         v = _validate(sigma=sigma, num_classes=num_classes)
+        dev = resolve_device(device)
+        if dev is not None and isinstance(model, nn.Module):
+            model.to(dev)
         self.model = model
         self.num_classes = v["num_classes"]
         self.sigma = v["sigma"]
         self.device, self.dtype = _model_device_dtype(model)
+        if dev is not None:
+            self.device = dev
 
     def __repr__(self) -> str:
         return f"Smooth(model={type(self.model).__name__}, num_classes={self.num_classes}, sigma={self.sigma})"

@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from certify.devices import resolve_device
+
 from certify import models as zoo
 from certify.data import ImageDataset, load_dataset
 
@@ -118,14 +120,15 @@ def _validate(arch, epochs, sigma, batch_size, lr, augment, eps, adv_fraction, p
 
 
 def evaluate_accuracy(model: nn.Module, dataset: ImageDataset, *, batch_size: int = 1000) -> float:
-    """Clean top-1 accuracy of ``model`` on ``dataset`` (eval mode restored afterwards)."""
+    """Clean top-1 accuracy of ``model`` on ``dataset`` (eval mode restored afterwards), on the model's device."""
+    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
     was_training = model.training
     model.eval()
     correct = 0
     with torch.inference_mode():
         for start in range(0, len(dataset), batch_size):
-            xb = dataset.x[start:start + batch_size]
-            correct += int((model(xb).argmax(1) == dataset.y[start:start + batch_size]).sum())
+            xb = dataset.x[start:start + batch_size].to(dev)
+            correct += int((model(xb).argmax(1).cpu() == dataset.y[start:start + batch_size]).sum())
     model.train(was_training)
     return correct / max(1, len(dataset))
 
@@ -159,7 +162,7 @@ def train(arch: str, dataset: str | ImageDataset, *, epochs: int, sigma: float =
           adv_fraction: float = 1.0, pgd_steps: int = 7, init: str | os.PathLike | dict | None = None,
           out: str | os.PathLike | None = None, max_train: int | None = None,
           test_dataset: ImageDataset | None = None, optimizer: str = "adam",
-          verbose: bool = True) -> TrainResult:
+          verbose: bool = True, device: str | torch.device | None = None) -> TrainResult:
     """Train a zoo architecture and (optionally) save ``out`` (state_dict) plus ``out`` with ``.json``.
 
     Args:
@@ -175,11 +178,15 @@ def train(arch: str, dataset: str | ImageDataset, *, epochs: int, sigma: float =
         eps, adv_fraction, pgd_steps: l-inf budget, fraction of each batch made adversarial, PGD steps.
         init: a shipped checkpoint name, a checkpoint path or a state_dict to fine-tune from.
         max_train: use only the first ``max_train`` training images (quick runs and tests).
+        device: ``"cpu"`` (default), ``"cuda"`` or ``"auto"`` (:func:`certify.devices.resolve_device`): where the
+            model trains and the augmentation noise and attack starts are drawn (generators on that device;
+            the shuffling order is drawn on the CPU, so it is the same on every device).
     """
     if augment is None:
         augment = "noise" if sigma else "none"
     _validate(arch, epochs, sigma, batch_size, lr, augment, eps, adv_fraction, pgd_steps, seed, max_train,
               optimizer)
+    dev = resolve_device(device) or torch.device("cpu")
     if test_dataset is not None and not isinstance(test_dataset, ImageDataset):
         raise TypeError(f"test_dataset must be an ImageDataset or None, got {type(test_dataset).__name__}")
     if isinstance(dataset, ImageDataset):
@@ -208,10 +215,11 @@ def train(arch: str, dataset: str | ImageDataset, *, epochs: int, sigma: float =
             raise ValueError(f"{what} has labels up to {int(ds.y.max())} but arch {arch!r} has "
                              f"{model.num_classes} outputs")
     init_name = _load_init(model, init) if init is not None else None
+    model.to(dev)
 
     shuffle_gen = torch.Generator().manual_seed(seed + 1)
-    noise_gen = torch.Generator().manual_seed(seed + 2)
-    attack_gen = torch.Generator().manual_seed(seed + 3)
+    noise_gen = torch.Generator(device=dev).manual_seed(seed + 2)
+    attack_gen = torch.Generator(device=dev).manual_seed(seed + 3)
     if optimizer == "adam":
         optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     else:
@@ -232,9 +240,9 @@ def train(arch: str, dataset: str | ImageDataset, *, epochs: int, sigma: float =
         running = 0.0
         for step in bar:
             idx = order[step * batch_size:(step + 1) * batch_size]
-            xb, yb = train_set.x[idx], train_set.y[idx]
+            xb, yb = train_set.x[idx].to(dev), train_set.y[idx].to(dev)
             if augment == "noise":
-                xb = xb + sigma * torch.randn(xb.shape, generator=noise_gen)
+                xb = xb + sigma * torch.randn(xb.shape, generator=noise_gen, device=dev)
             elif augment in ("fgsm", "pgd"):
                 k = max(1, round(adv_fraction * len(idx)))
                 x_adv = _adversarial(model, xb[:k], yb[:k], augment, eps, pgd_steps, attack_gen)

@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 
 from certify.commands.smooth import add_budget_arguments, check_num_classes, positive_int, print_report
+from certify.devices import add_device_argument, device_from_args
 
 HELP = "certify a few Fashion-MNIST test images with the shipped smoothed CNN and write a report"
 
@@ -25,6 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_budget_arguments(p, n_estimate=10_000)
     p.add_argument("--first-order", action=argparse.BooleanOptionalAction, default=True,
                    help="also certify l2/l1/l-inf radii with first-order information (default: on)")
+    add_device_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from certify.runs import certify_dataset, terminate_as_interrupt
     from certify.smoothing import Smooth
 
+    device = device_from_args(args)
     model = models.pretrained(CHECKPOINT)
     info = models.pretrained_info(CHECKPOINT)
     dataset = load_dataset(info["dataset"], split="test")
@@ -43,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"certify demo: {CHECKPOINT} (test accuracy {info.get('test_accuracy', float('nan')):.3f}), sigma {SIGMA}, "
           f"{args.n} Fashion-MNIST test images (every {args.skip}th), n_estimate {args.n_estimate:,}, "
           f"alpha {args.alpha}, first order {'on' if args.first_order else 'off'}")
-    smooth = Smooth(model, num_classes=len(dataset.classes), sigma=SIGMA)
+    smooth = Smooth(model, num_classes=len(dataset.classes), sigma=SIGMA, device=device)
     with terminate_as_interrupt():
         report = certify_dataset(
             smooth, dataset, out=out, resume=args.resume, overwrite=args.overwrite, n_select=args.n_select,

@@ -18,6 +18,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from certify.devices import add_device_argument, device_from_args
+from certify.distributed import add_workers_arguments, workers_from_args
+
 HELP = "certify a dataset with a Gaussian-smoothed classifier (Cohen et al.; optional first-order radii)"
 
 
@@ -106,6 +109,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="classes of the model (default: the dataset's)")
     p.add_argument("--out", metavar="DIR", default=None,
                    help="run directory (default runs/smooth_<model>_sigma<S>)")
+    add_device_argument(p)
+    add_workers_arguments(p)
 
 
 def _load_model(args: argparse.Namespace) -> tuple[Any, str, dict]:
@@ -176,6 +181,8 @@ def run(args: argparse.Namespace) -> int:
     from certify.runs import certify_dataset, terminate_as_interrupt
     from certify.smoothing import Smooth
 
+    workers, ray_address = workers_from_args(args)
+    device = device_from_args(args, remote=ray_address is not None)
     model, model_name, info = _load_model(args)
     data = args.data if args.data is not None else info.get("dataset")
     if data is None:
@@ -197,12 +204,18 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--overwrite: only with --no-resume (it deletes the rows already in --out)")
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(model_name).stem)
     out = Path(args.out) if args.out else Path("runs") / f"smooth_{stem}_sigma{sigma:g}"
-    smooth = Smooth(model, num_classes=num_classes, sigma=sigma)
+    smooth = Smooth(model, num_classes=num_classes, sigma=sigma, device=None if ray_address else device)
+    source = None
+    if workers is not None:
+        from certify.distributed import ModelSource
+
+        source = ModelSource(pretrained=args.pretrained, checkpoint=args.checkpoint, arch=args.arch, trust=args.trust)
     with terminate_as_interrupt():
         report = certify_dataset(
             smooth, dataset, out=out, resume=args.resume, overwrite=args.overwrite, n_select=args.n_select,
             n_estimate=args.n_estimate, alpha=args.alpha, batch_size=args.batch_size, seed=args.seed,
             first_order=args.first_order, start=args.start, skip=args.skip, max_examples=args.max_examples,
-            verbose=not args.quiet, checkpoint=model_name, dataset_name=dataset.name)
+            verbose=not args.quiet, checkpoint=model_name, dataset_name=dataset.name, device=device,
+            workers=workers, ray_address=ray_address, model_source=source)
     print_report(report, out)
     return 0

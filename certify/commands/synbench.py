@@ -18,6 +18,8 @@ import json
 import logging
 from pathlib import Path
 
+from certify.devices import add_device_argument, device_from_args
+
 logger = logging.getLogger(__name__)
 
 HELP = "SynBench: score a representation against the Gaussian-mixture reference (robust probing, comparison)"
@@ -70,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="map from Gaussian samples to model input (default official: x + 0.5)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--device", default="cpu")
+    add_device_argument(parser)
     parser.add_argument("--probe-dataset", metavar="NAME",
                         help="also run eps-robust linear probing on this dataset (certify.data.load_dataset)")
     parser.add_argument("--probe-eps", type=_float_list, default=[0.0, 0.1, 0.2],
@@ -114,6 +116,7 @@ def _infer_shape(args, info: dict) -> tuple[int, ...]:
 def run(args) -> int:
     from certify import synbench as sb
 
+    device = device_from_args(args)
     if args.checkpoint and not args.arch:
         logger.info("no --arch given: %s must be a TorchScript / torch.export file", args.checkpoint)
     out = Path(args.out)
@@ -126,8 +129,8 @@ def run(args) -> int:
     result = sb.evaluate(
         model, shape, tuple(args.eps), n_train=args.n_train or n_default, n_test=args.n_test or n_default,
         separations=sb.QUICK_SEPARATIONS if args.quick else sb.DEFAULT_SEPARATIONS, batch_size=args.batch_size,
-        seed=args.seed, layer=layer, flatten=args.flatten, pixel_mapping=args.pixel_mapping, device=args.device,
-        name=label, verbose=verbose)
+        seed=args.seed, layer=layer, flatten=args.flatten, pixel_mapping=args.pixel_mapping,
+        device=device, name=label, verbose=verbose)
     result.save(out / "synbench.json")
     result.plot(out / "synbench.png")
     text = [result.summary(), f"  recommended eps at a_T={args.a_t:g}: {result.best_eps(args.a_t):g}"]
@@ -143,7 +146,7 @@ def run(args) -> int:
             train = train.subset(list(range(min(args.probe_max, len(train)))))
         probe = sb.robust_probe(model, train, test, tuple(args.probe_eps), synbench=result, a_t=args.a_t,
                                 layer=layer, flatten=args.flatten, batch_size=args.batch_size, seed=args.seed,
-                                device=args.device, name=label, verbose=verbose)
+                                device=device, name=label, verbose=verbose)
         (out / "probe.json").write_text(json.dumps(probe.to_dict(), indent=1))
         text.append(probe.summary())
 

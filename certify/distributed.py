@@ -1,0 +1,359 @@
+"""Certification of a dataset on Ray workers (``certify_dataset(..., workers=N, ray_address=...)``).
+
+The work is embarrassingly parallel over examples: each example's certificate depends only on the model, the
+example and its seed :func:`certify.runs.example_seed` ``(seed, idx)``. So
+
+* one Ray actor per worker loads the model once (from a :class:`ModelSource` - a shipped checkpoint name or a
+  checkpoint file + architecture that every worker loads itself - or, for a model given as an object, the
+  module pickled by Ray) and certifies the examples it is sent, with the same code as the in-process path
+  (:func:`certify.runs.certify_one`), one torch thread per worker (``num_cpus=1``; with a CUDA device each
+  actor also requests one GPU);
+* the driver streams the results back and alone appends them to ``rows.tsv`` through :mod:`certify.rundir`
+  (same lock, fsync and resume); rows are written in example order, so ``rows.tsv`` is identical (apart from
+  the ``time`` column) for any number of workers and for the in-process path;
+* a worker process that dies (killed, out of memory) is restarted by Ray and its examples are certified again
+  (the seed makes the retry give the same row), so no row is lost or duplicated; Ctrl-C / SIGTERM on the driver
+  kills the actors (and shuts down a Ray instance it started) and leaves a run that resume completes.
+
+Ray is imported only here and only when ``workers`` is given; it is an optional dependency
+(``pip install 'certify-toolkit[ray]'``). Without ``ray_address`` a local Ray instance is started (and stopped
+at the end); with one, the driver connects to that cluster (``ray start --head`` / ``ray start --address``).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from certify._checks import check_int
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ModelSource", "RAY_INSTALL", "import_ray", "check_workers", "certify_rows_on_ray", "worker_runtime_env",
+           "add_workers_arguments", "workers_from_args"]
+
+RAY_INSTALL = "pip install 'certify-toolkit[ray]' (or: pip install ray)"
+#: tasks queued per actor (one running, one waiting) so that workers never idle between examples
+TASKS_PER_WORKER = 2
+#: how often one example is tried when its worker dies (Ray also retries inside an actor restart)
+MAX_ATTEMPTS = 4
+#: seconds to wait for a TCP connection to a --ray-address before giving up
+CONNECT_TIMEOUT_S = 10.0
+#: seconds to wait for every worker to load the model (a cluster without free CPUs/GPUs never starts them)
+STARTUP_TIMEOUT_S = 300.0
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where every worker loads the model from: a shipped checkpoint name, or a checkpoint file (+ architecture).
+
+    Paths are made absolute on the driver; on a multi-node cluster they must exist on every node.
+    """
+
+    pretrained: str | None = None
+    checkpoint: str | None = None
+    arch: str | None = None
+    trust: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.pretrained is None) == (self.checkpoint is None):
+            raise ValueError("ModelSource needs exactly one of pretrained= or checkpoint=")
+        if self.checkpoint is not None:
+            object.__setattr__(self, "checkpoint", str(Path(self.checkpoint).expanduser().resolve()))
+        if self.arch is not None and ":" in self.arch:
+            file_part, _, cls = self.arch.rpartition(":")
+            object.__setattr__(self, "arch", f"{Path(file_part).expanduser().resolve()}:{cls}")
+
+    def files(self) -> str:
+        """The files a worker needs (for error messages)."""
+        if self.pretrained is not None:
+            return f"shipped checkpoint {self.pretrained!r}"
+        arch_file = self.arch.rpartition(":")[0] if self.arch and ":" in self.arch else None
+        return f"{self.checkpoint}" + (f" and {arch_file}" if arch_file else "")
+
+    def load(self) -> Any:
+        """The model, in eval mode, on the CPU."""
+        from certify import models
+        from certify.checkpoints import load_checkpoint
+
+        if self.pretrained is not None:
+            return models.pretrained(self.pretrained)
+        return load_checkpoint(str(self.checkpoint), arch=self.arch, trust=self.trust)
+
+
+# ------------------------------------------------------------------------------------------------ arguments
+def import_ray() -> Any:
+    """The ``ray`` module, or a ValueError with the install command when it is not installed."""
+    try:
+        import ray
+    except ImportError:
+        raise ValueError("workers (--workers): certifying on Ray workers needs the 'ray' package, which is not "
+                         f"installed; install it with: {RAY_INSTALL}") from None
+    return ray
+
+
+def check_workers(workers: Any) -> int:
+    """``workers`` as an int >= 1 (the number of Ray actors)."""
+    return check_int("workers", workers, 1)
+
+
+def add_workers_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--workers N`` and ``--ray-address ADDR`` to a command's parser (checked by :func:`workers_from_args`)."""
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="certify on N Ray workers, one model copy each (needs: pip install ray); default: "
+                             "in this process, without Ray")
+    parser.add_argument("--ray-address", default=None, metavar="ADDR",
+                        help="with --workers: the Ray cluster to use (host:port printed by 'ray start --head', or "
+                             "auto); default: a local Ray instance for this run")
+
+
+def workers_from_args(args: argparse.Namespace) -> tuple[int | None, str | None]:
+    """(workers, ray_address) of parsed arguments, checked; ValueErrors name the flag."""
+    workers, address = getattr(args, "workers", None), getattr(args, "ray_address", None)
+    if workers is None:
+        if address is not None:
+            raise ValueError("--ray-address: only used with --workers N")
+        return None, None
+    if workers < 1:
+        raise ValueError(f"--workers must be an integer >= 1, got {workers}")
+    if address is not None:
+        try:
+            _host_port(address)
+        except ValueError as exc:
+            raise ValueError(f"--ray-address: {exc}") from None
+    import_ray()
+    return workers, address
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of ``host:port`` / ``ray://host:port``; None for ``auto`` / ``local``."""
+    text = address.strip()
+    if text in ("auto", "local"):
+        return None
+    for prefix in ("ray://", "http://", "https://"):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"ray_address must be 'host:port', 'ray://host:port' or 'auto', got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def _check_reachable(address: str, timeout: float) -> None:
+    target = _host_port(address)
+    if target is None:
+        return
+    try:
+        with socket.create_connection(target, timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, socket.timeout) else (exc.strerror or str(exc))
+        raise ValueError(f"ray_address {address!r}: no Ray cluster reachable at {target[0]}:{target[1]} "
+                         f"({reason} after at most {timeout:g} s); start one with 'ray start --head' or check "
+                         "the address") from None
+
+
+# ------------------------------------------------------------------------------------------------ the actor
+class _CertifyWorker:
+    """One Ray actor: holds the model and a :class:`Smooth`; certifies one example per call."""
+
+    def __init__(self, payload: Any, num_classes: int, sigma: float, device: str, threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        self.error: str | None = None
+        self.smooth = None
+        self.fingerprint: str | None = None
+        try:
+            model = self._load(payload)
+            from certify.rundir import model_fingerprint
+            from certify.smoothing import Smooth
+
+            self.fingerprint = model_fingerprint(model)
+            self.smooth = Smooth(model, num_classes, sigma, device=device)
+        except Exception as exc:  # noqa: BLE001 - reported to the driver by ready(), which raises a clear error
+            self.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            self.missing_module = getattr(exc, "name", None) if isinstance(exc, ImportError) else None
+
+    @staticmethod
+    def _load(payload: Any) -> Any:
+        if isinstance(payload, ModelSource):
+            return payload.load()
+        import pickle
+
+        return pickle.loads(payload)
+
+    def ready(self) -> tuple[str | None, str | None, str | None, int]:
+        """(error or None, the module a failed import missed, fingerprint of the loaded model, pid)."""
+        return self.error, getattr(self, "missing_module", None), self.fingerprint, os.getpid()
+
+    def certify(self, idx: int, x: Any, label: int, settings: dict) -> dict:
+        from certify.runs import certify_one
+
+        if self.smooth is None:
+            raise RuntimeError(f"this worker could not load the model: {self.error}")
+        return certify_one(self.smooth, idx, x, label, settings)
+
+
+# ------------------------------------------------------------------------------------------------ driver
+def worker_runtime_env() -> dict:
+    """Ship the driver's own certify / estimators / semantic_layers packages to the workers."""
+    import certify
+    import estimators
+
+    modules = [certify, estimators]
+    try:
+        import semantic_layers
+
+        modules.append(semantic_layers)
+    except ImportError:  # pragma: no cover - part of this distribution
+        pass
+    return {"py_modules": modules}
+
+
+def _connect(ray: Any, address: str | None, workers: int) -> bool:
+    """Initialise Ray (unless the caller already did); True when this call started it (and must shut it down)."""
+    if address is not None:
+        _check_reachable(address, CONNECT_TIMEOUT_S)
+    if ray.is_initialized():
+        if address is not None:
+            logger.warning("Ray is already initialised in this process; using that instance, not %s", address)
+        return False
+    options = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
+                   runtime_env=worker_runtime_env())
+    if address is None:
+        ray.init(num_cpus=max(workers, os.cpu_count() or 1), **options)
+        return True
+    try:
+        ray.init(address=address, **options)
+    except ConnectionError as exc:
+        raise ValueError(f"ray_address {address!r}: cannot connect to a Ray cluster: {exc}") from None
+    return True
+
+
+def _model_error(error: str, missing: str | None, payload: Any, model: Any) -> str:
+    if isinstance(payload, ModelSource):
+        return f"the Ray workers cannot load the model from {payload.files()}: {error}"
+    module = sys.modules.get(type(model).__module__)
+    where = getattr(module, "__file__", None) or type(model).__module__
+    if missing is not None:
+        return (f"the Ray workers cannot import the model's code {where} (module {missing!r} is not importable "
+                "on the workers); install it on every node or pass a ModelSource / --checkpoint with --arch")
+    return f"the Ray workers cannot load the model (class {type(model).__qualname__} from {where}): {error}"
+
+
+def _start_workers(ray: Any, *, payload: Any, payload_ref: Any, model: Any, workers: int, num_classes: int,
+                   sigma: float, device: str, fingerprint: str | None) -> list:
+    actor_cls = ray.remote(_CertifyWorker).options(
+        num_cpus=1, num_gpus=1 if device == "cuda" else 0, max_restarts=MAX_ATTEMPTS, max_task_retries=MAX_ATTEMPTS)
+    actors = [actor_cls.remote(payload_ref, num_classes, sigma, device, 1) for _ in range(workers)]
+    try:
+        answers = ray.get([a.ready.remote() for a in actors], timeout=STARTUP_TIMEOUT_S)
+    except ray.exceptions.GetTimeoutError:
+        need = "1 CPU and 1 GPU" if device == "cuda" else "1 CPU"
+        raise ValueError(f"workers: the Ray cluster did not start {workers} workers within {STARTUP_TIMEOUT_S:g} s "
+                         f"(each needs {need}; cluster resources: {ray.cluster_resources()})") from None
+    for error, missing, fp, _pid in answers:
+        if error is not None:
+            raise ValueError(_model_error(error, missing, payload, model))
+        if fingerprint is not None and fp != fingerprint:
+            raise ValueError(f"the Ray workers loaded a different model (weights fingerprint {fp}, the driver's "
+                             f"{fingerprint}); make sure every node sees the same checkpoint file")
+    logger.info("%d Ray workers ready (pids %s)", workers, [a[3] for a in answers])
+    return actors
+
+
+def _task_error(exc: Exception, idx: int) -> Exception:
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, (ValueError, TypeError)):
+        return type(cause)(f"example {idx}: {cause}")
+    return RuntimeError(f"a Ray worker failed on example {idx}: {str(exc).splitlines()[0]}")
+
+
+def _stream(ray: Any, actors: list, indices: list[int], dataset: Any, settings: dict,
+            emit: Callable[[dict], None]) -> None:
+    """Send the examples to the actors, collect the rows and ``emit`` them in the order of ``indices``."""
+    todo = deque(indices)
+    inflight: dict[Any, tuple[int, int, int]] = {}  # ref -> (idx, actor number, attempt)
+    buffer: dict[int, dict] = {}
+    position = 0
+
+    def submit(actor: int, idx: int, attempt: int) -> None:
+        x, label = dataset[idx]
+        ref = actors[actor].certify.remote(idx, x, int(label), settings)
+        inflight[ref] = (idx, actor, attempt)
+
+    for _ in range(TASKS_PER_WORKER):
+        for a in range(len(actors)):
+            if todo:
+                submit(a, todo.popleft(), 1)
+    while inflight:
+        (ref,), _ = ray.wait(list(inflight), num_returns=1)
+        idx, actor, attempt = inflight.pop(ref)
+        try:
+            row = ray.get(ref)
+        except ray.exceptions.RayActorError:
+            if attempt >= MAX_ATTEMPTS:
+                raise RuntimeError(f"example {idx}: its Ray worker died {attempt} times") from None
+            logger.warning("a Ray worker died while certifying example %d; retrying it (attempt %d)", idx,
+                           attempt + 1)
+            submit(actor, idx, attempt + 1)
+            continue
+        except ray.exceptions.RayTaskError as exc:
+            raise _task_error(exc, idx) from None
+        buffer[idx] = row
+        while position < len(indices) and indices[position] in buffer:
+            emit(buffer.pop(indices[position]))
+            position += 1
+        if todo:
+            submit(actor, todo.popleft(), 1)
+
+
+def certify_rows_on_ray(*, model: Any, source: ModelSource | None, dataset: Any, indices: list[int],
+                        settings: dict, emit: Callable[[dict], None], workers: int, ray_address: str | None,
+                        device: str) -> dict[str, float]:
+    """Certify ``indices`` of ``dataset`` on ``workers`` Ray actors; ``emit(row)`` is called in index order.
+
+    ``settings`` are those of :func:`certify.runs.certify_dataset` (sigma, n_select, n_estimate, alpha, seed,
+    batch_size, first_order, num_classes, model_fingerprint). ``device`` is ``"cpu"`` or ``"cuda"`` (each actor
+    then requests a GPU). The actors are killed at the end, also on errors and KeyboardInterrupt, and a Ray
+    instance started here is shut down. Returns ``{"startup_s", "certify_s", "examples"}``: the seconds to
+    connect and load the model on every worker, and the seconds from the first task to the last row.
+    """
+    ray = import_ray()
+    if source is None:
+        import ray.cloudpickle as cloudpickle
+
+        payload: Any = cloudpickle.dumps(model)
+    else:
+        payload = source
+    t0 = time.perf_counter()
+    started = _connect(ray, ray_address, workers)
+    actors: list = []
+    try:
+        if device == "cuda" and ray.cluster_resources().get("GPU", 0) < 1:
+            raise ValueError("device 'cuda': the Ray cluster has no GPU; use device cpu")
+        payload_ref = ray.put(payload)  # held until the end: a restarted actor reads its arguments again
+        actors = _start_workers(ray, payload=payload, payload_ref=payload_ref, model=model, workers=workers,
+                                num_classes=int(settings["num_classes"]), sigma=float(settings["sigma"]),
+                                device=device, fingerprint=settings.get("model_fingerprint"))
+        startup = time.perf_counter() - t0
+        logger.info("Ray start-up took %.1f s", startup)
+        t1 = time.perf_counter()
+        _stream(ray, actors, indices, dataset, settings, emit)
+        return {"startup_s": startup, "certify_s": time.perf_counter() - t1, "examples": float(len(indices))}
+    finally:
+        for actor in actors:
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:  # noqa: BLE001 - an actor that is already gone needs no kill
+                pass
+        if started:
+            ray.shutdown()
