@@ -22,15 +22,18 @@ at the end); with one, the driver connects to that cluster (``ray start --head``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from certify._checks import check_int
 
@@ -228,14 +231,29 @@ def _connect(ray: Any, address: str | None, workers: int) -> bool:
         return False
     options = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
                    runtime_env=worker_runtime_env())
-    if address is None:
-        ray.init(num_cpus=max(workers, os.cpu_count() or 1), **options)
-        return True
-    try:
-        ray.init(address=address, **options)
-    except ConnectionError as exc:
-        raise ValueError(f"ray_address {address!r}: cannot connect to a Ray cluster: {exc}") from None
+    with _keep_sigterm_handler():
+        if address is None:
+            ray.init(num_cpus=max(workers, os.cpu_count() or 1), **options)
+            return True
+        try:
+            ray.init(address=address, **options)
+        except ConnectionError as exc:
+            raise ValueError(f"ray_address {address!r}: cannot connect to a Ray cluster: {exc}") from None
     return True
+
+
+@contextlib.contextmanager
+def _keep_sigterm_handler() -> Iterator[None]:
+    """Restore the Python SIGTERM handler after ``ray.init`` (Ray's own aborts the process without cleanup)."""
+    try:
+        previous = signal.getsignal(signal.SIGTERM)
+    except ValueError:  # pragma: no cover - not the main thread
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _model_error(error: str, missing: str | None, payload: Any, model: Any) -> str:
@@ -249,11 +267,12 @@ def _model_error(error: str, missing: str | None, payload: Any, model: Any) -> s
     return f"the Ray workers cannot load the model (class {type(model).__qualname__} from {where}): {error}"
 
 
-def _start_workers(ray: Any, *, payload: Any, payload_ref: Any, model: Any, workers: int, num_classes: int,
-                   sigma: float, device: str, fingerprint: str | None) -> list:
+def _start_workers(ray: Any, *, payload: Any, model: Any, workers: int, num_classes: int, sigma: float,
+                   device: str, fingerprint: str | None) -> list:
     actor_cls = ray.remote(_CertifyWorker).options(
         num_cpus=1, num_gpus=1 if device == "cuda" else 0, max_restarts=MAX_ATTEMPTS, max_task_retries=MAX_ATTEMPTS)
-    actors = [actor_cls.remote(payload_ref, num_classes, sigma, device, 1) for _ in range(workers)]
+    # the payload goes with each actor's creation task (Ray keeps it for restarts)
+    actors = [actor_cls.remote(payload, num_classes, sigma, device, 1) for _ in range(workers)]
     try:
         answers = ray.get([a.ready.remote() for a in actors], timeout=STARTUP_TIMEOUT_S)
     except ray.exceptions.GetTimeoutError:
@@ -340,8 +359,7 @@ def certify_rows_on_ray(*, model: Any, source: ModelSource | None, dataset: Any,
     try:
         if device == "cuda" and ray.cluster_resources().get("GPU", 0) < 1:
             raise ValueError("device 'cuda': the Ray cluster has no GPU; use device cpu")
-        payload_ref = ray.put(payload)  # held until the end: a restarted actor reads its arguments again
-        actors = _start_workers(ray, payload=payload, payload_ref=payload_ref, model=model, workers=workers,
+        actors = _start_workers(ray, payload=payload, model=model, workers=workers,
                                 num_classes=int(settings["num_classes"]), sigma=float(settings["sigma"]),
                                 device=device, fingerprint=settings.get("model_fingerprint"))
         startup = time.perf_counter() - t0
