@@ -176,6 +176,7 @@ class _CertifyWorker:
         self.fingerprint: str | None = None
         try:
             model = self._load(payload)
+            import certify.runs  # noqa: F401 - imported now, not during the first example
             from certify.rundir import model_fingerprint
             from certify.smoothing import Smooth
 

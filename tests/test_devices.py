@@ -80,6 +80,16 @@ def test_smooth_device_cpu_gives_the_same_certificate_and_cuda_is_refused(no_gpu
         Smooth(model, 3, 0.25, device="gpu")
 
 
+def test_certificate_is_the_same_for_every_batch_size_on_the_cpu():
+    model = _tiny_model()
+    x = torch.rand(1, 4, 4, generator=torch.Generator().manual_seed(4))
+    smooth = Smooth(model, 3, 0.5, device="cpu")
+    certs = [smooth.certify(x, n_select=30, n_estimate=300, alpha=0.01, batch_size=bs, seed=9, first_order=True)
+             for bs in (300, 64, 7)]
+    for cert in certs[1:]:
+        assert (cert.counts, cert.p_lower, cert.radii) == (certs[0].counts, certs[0].p_lower, certs[0].radii)
+
+
 def test_attack_device_cpu_is_the_default_path(no_gpu):
     model = _tiny_model()
     g = torch.Generator().manual_seed(2)

@@ -119,7 +119,8 @@ def test_model_source_and_pickled_module_give_the_same_rows(ray_session, tmp_pat
     certify_dataset(_smooth(), data, out=tmp_path / "b", workers=2,
                     model_source=ModelSource(pretrained="digits_mlp"), **settings)
     certify_dataset(_smooth(), data, out=tmp_path / "c", **settings)
-    assert _rows(tmp_path / "a" / "rows.tsv") == _rows(tmp_path / "b" / "rows.tsv") == _rows(tmp_path / "c" / "rows.tsv")
+    a, b, c = (_rows(tmp_path / name / "rows.tsv") for name in "abc")
+    assert a == b == c
 
 
 @pytest.mark.slow
@@ -252,7 +253,8 @@ def test_model_file_the_workers_cannot_import(ray_session, tmp_path, files, caps
 
 
 @pytest.mark.slow
-def test_sigterm_on_the_driver_stops_the_workers_and_resume_completes(tmp_path, files):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_on_the_driver_stops_the_workers_and_resume_completes(tmp_path, files, signum):
     def args_for(out, *extra):
         return ["-q", "smooth", "--checkpoint", str(files / "slow.pt"), "--arch", f"{files / 'net.py'}:SlowMLP",
                 "--data", "digits", "--sigma", "0.25", "--n-select", "20", "--n-estimate", "1000", "--batch-size",
@@ -272,7 +274,7 @@ def test_sigterm_on_the_driver_stops_the_workers_and_resume_completes(tmp_path, 
         assert proc.poll() is None, "the run finished before it could be interrupted: " + proc.stderr.read()
         ours = set(_worker_pids()) - before
         assert ours, "no Ray worker processes found"
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
