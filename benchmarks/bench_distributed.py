@@ -182,7 +182,8 @@ def main(argv=None) -> int:
         cl = multi_node(model, data, indices, settings)
         rows = cl.pop("rows")
         result["multi_node"] = {"nodes": cl["nodes"], "address": cl["address"],
-                                "cluster_start_s": cl["cluster_start_s"], "startup_s": cl["startup_s"], "seconds": cl["certify_s"],
+                                "cluster_start_s": cl["cluster_start_s"], "startup_s": cl["startup_s"],
+                                "seconds": cl["certify_s"],
                                 "examples_per_s": len(indices) / cl["certify_s"],
                                 "rows_identical": _strip(rows) == _strip(ref_rows)}
     result["load_after"] = _load()

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 logger = logging.getLogger("certify.progress")
 
-__all__ = ["progress", "LOG_EVERY_S"]
+__all__ = ["progress", "track", "LOG_EVERY_S"]
 
 #: off a terminal, one log line at least this often (seconds) while work is done
 LOG_EVERY_S = 30.0
@@ -95,3 +95,11 @@ def progress(*, total: int | None, desc: str, unit: str = "it", initial: int = 0
         yield bar
     finally:
         bar.close()
+
+
+def track(iterable: Any, *, total: int | None, desc: str, unit: str = "it", enabled: bool = True) -> Iterator[Any]:
+    """Yield the items of ``iterable``, counting each one as done when the next is asked for (see :func:`progress`)."""
+    with progress(total=total, desc=desc, unit=unit, enabled=enabled) as bar:
+        for item in iterable:
+            yield item
+            bar.update(1)

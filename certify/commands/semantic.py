@@ -6,12 +6,15 @@ Examples::
     certify semantic --pretrained color_cnn --data color-fmnist --perturbation hue,saturation,lightness \\
         --max-param hue=30,saturation=0.2 --out runs/sem_color
     certify semantic --checkpoint model.pt --arch fmnist_cnn --data fmnist --perturbation rotation \\
-        --max-param 10 --method alpha-crown --out runs/rot --resume
+        --max-param 10 --fill 0 --method alpha-crown --out runs/rot
+    certify semantic --pretrained fmnist_cnn --perturbation brightness --max-param 0.2 --max 10000 --out runs/b
 
-Writes ``rows.tsv`` (one row per example, family and parameter; appended and flushed as it goes;
-``--resume`` skips finished examples), ``run.json`` (settings), ``summary.json``, ``report.md``,
-``semantic_accuracy.png`` (certified / attack-free accuracy vs parameter range) and
-``semantic_examples.png`` (one image under its certified extremes per family).
+Writes ``rows.tsv`` (one row per example, family and parameter; appended and fsync'ed as it goes),
+``run.json`` (settings), ``summary.json``, ``report.md``, ``semantic_accuracy.png`` (certified /
+attack-free accuracy vs parameter range), ``semantic_ranges.png`` (histogram of the certified ranges) and
+``semantic_examples.png`` (one image under its certified extremes per family). A run in ``--out`` is
+resumed by default (same settings required; ``--max`` may grow); ``--no-resume --overwrite`` starts over;
+a second run on the same ``--out`` while one is working in it stops with an error.
 """
 from __future__ import annotations
 
@@ -80,8 +83,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-attack", action="store_true", help="skip the flip search")
     parser.add_argument("--batch-size", type=int, default=32, help="parameter boxes per bound call (32)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pivot", default=None,
+                        help="contrast / brightness_contrast pivot: 0.5 (default, Semantify-NN), 'mean' "
+                             "(torchvision adjust_contrast) or 0 (pivot 0)")
+    parser.add_argument("--fill", default=None,
+                        help="rotation fill: 'none' (default, zero padding) or a number in [0, 1] "
+                             "(torchvision's masked fill; 0 is RandomRotation's default)")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--resume", action="store_true", help="continue a run in --out (settings must match)")
+    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                        help="continue the run in --out, skipping finished examples (default: on; settings "
+                             "must match)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="with --no-resume: delete the rows already in --out and start over")
 
 
 def _load_model(args):
@@ -96,6 +109,28 @@ def _load_model(args):
     return load_checkpoint(args.checkpoint, arch=args.arch, trust=args.trust), {}
 
 
+def _family_options(name: str, args) -> dict:
+    """--pivot / --fill as keyword options of the families that take them."""
+    opts: dict = {}
+    if args.pivot is not None and name in ("contrast", "brightness_contrast"):
+        text = str(args.pivot).strip().lower()
+        if text == "mean":
+            opts["pivot"] = "mean"
+        else:
+            try:
+                opts["pivot"] = float(text)
+            except ValueError:
+                raise ValueError(f"--pivot must be a number in [0, 1] or 'mean'; got {args.pivot!r}") from None
+    if args.fill is not None and name == "rotation":
+        text = str(args.fill).strip().lower()
+        if text != "none":
+            try:
+                opts["fill"] = float(text)
+            except ValueError:
+                raise ValueError(f"--fill must be 'none' or a number in [0, 1]; got {args.fill!r}") from None
+    return opts
+
+
 def run(args) -> int:
     import semantic_layers
     from certify import data
@@ -105,13 +140,19 @@ def run(args) -> int:
     if not names:
         raise ValueError("--perturbation needs at least one family name; available: "
                          f"{semantic_layers.available()}")
-    perturbations = [semantic_layers.get(n) for n in names]
+    perturbations = [semantic_layers.get(n, **_family_options(n, args)) for n in names]
+    for flag, families in (("pivot", ("contrast", "brightness_contrast")), ("fill", ("rotation",))):
+        if getattr(args, flag) is not None and not set(families) & set(names):
+            raise ValueError(f"--{flag} applies to {', '.join(families)}, which --perturbation does not list")
+    if args.overwrite and args.resume:
+        raise ValueError("--overwrite: only with --no-resume (it deletes the rows already in --out)")
     model, info = _load_model(args)
     dataset_name = args.data or info.get("dataset") or "fashion-mnist"
     dataset = data.load_dataset(dataset_name, split=args.split)
     report = semantic_report(
         model, dataset, perturbations, out=args.out, method=args.method, max_param=args.max_param,
-        max_examples=args.max_examples, skip=args.skip, resume=args.resume, n_splits=args.n_splits,
+        max_examples=args.max_examples, skip=args.skip, resume=args.resume, overwrite=args.overwrite,
+        n_splits=args.n_splits,
         max_refine=args.max_refine, attack=not args.no_attack, attack_grid=args.attack_grid,
         attack_steps=args.attack_steps, batch_size=args.batch_size, seed=args.seed, baseline=args.baseline,
         verbose=not getattr(args, "quiet", False))
