@@ -39,8 +39,9 @@ from certify._checks import check_int
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ModelSource", "RAY_INSTALL", "import_ray", "check_workers", "certify_rows_on_ray", "worker_runtime_env",
-           "add_workers_arguments", "workers_from_args"]
+__all__ = ["ModelSource", "SmoothingJob", "RAY_INSTALL", "import_ray", "check_workers", "run_on_ray",
+           "certify_rows_on_ray", "worker_runtime_env", "add_workers_arguments", "workers_from_args",
+           "check_parallel"]
 
 RAY_INSTALL = "pip install 'certify-toolkit[ray]' (or: pip install ray)"
 #: tasks queued per actor (one running, one waiting) so that workers never idle between examples
@@ -107,6 +108,22 @@ def check_workers(workers: Any) -> int:
     return check_int("workers", workers, 1)
 
 
+def check_parallel(workers: Any, ray_address: Any, model_source: Any) -> dict | None:
+    """None for the in-process path, else ``{"workers", "ray_address", "source"}`` checked (library arguments)."""
+    if workers is None:
+        for name, value in (("ray_address", ray_address), ("model_source", model_source)):
+            if value is not None:
+                raise ValueError(f"{name} is only used with workers= (certification on Ray workers)")
+        return None
+    n = check_workers(workers)
+    if ray_address is not None and (not isinstance(ray_address, str) or not ray_address.strip()):
+        raise ValueError(f"ray_address must be 'host:port', 'ray://host:port' or 'auto', got {ray_address!r}")
+    if model_source is not None and not isinstance(model_source, ModelSource):
+        raise TypeError(f"model_source must be a certify.distributed.ModelSource or None, "
+                        f"got {type(model_source).__name__}")
+    return {"workers": n, "ray_address": ray_address, "source": model_source}
+
+
 def add_workers_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--workers N`` and ``--ray-address ADDR`` to a command's parser (checked by :func:`workers_from_args`)."""
     parser.add_argument("--workers", type=int, default=None, metavar="N",
@@ -163,25 +180,47 @@ def _check_reachable(address: str, timeout: float) -> None:
                          "the address") from None
 
 
+# ------------------------------------------------------------------------------------------------ jobs
+@dataclass(frozen=True)
+class SmoothingJob:
+    """The work of :func:`certify.runs.certify_dataset`: one unit = one example index, one row per unit."""
+
+    num_classes: int
+    sigma: float
+    device: str
+    settings: dict
+
+    def prepare(self, model: Any) -> Any:
+        """Per worker, once: the :class:`~certify.smoothing.Smooth` around the loaded model."""
+        import certify.runs  # noqa: F401 - imported now, not during the first example
+        from certify.smoothing import Smooth
+
+        return Smooth(model, self.num_classes, self.sigma, device=self.device)
+
+    def run(self, state: Any, unit: int, x: Any, label: int) -> list[dict]:
+        from certify.runs import certify_one
+
+        return [certify_one(state, unit, x, label, self.settings)]
+
+
 # ------------------------------------------------------------------------------------------------ the actor
 class _CertifyWorker:
-    """One Ray actor: holds the model and a :class:`Smooth`; certifies one example per call."""
+    """One Ray actor: loads the model once, prepares the job's state (e.g. a Smooth) and runs one unit per call."""
 
-    def __init__(self, payload: Any, num_classes: int, sigma: float, device: str, threads: int) -> None:
+    def __init__(self, payload: Any, job: Any, threads: int) -> None:
         import torch
 
         torch.set_num_threads(threads)
         self.error: str | None = None
-        self.smooth = None
+        self.missing_module: str | None = None
+        self.job, self.state = job, None
         self.fingerprint: str | None = None
         try:
             model = self._load(payload)
-            import certify.runs  # noqa: F401 - imported now, not during the first example
             from certify.rundir import model_fingerprint
-            from certify.smoothing import Smooth
 
             self.fingerprint = model_fingerprint(model)
-            self.smooth = Smooth(model, num_classes, sigma, device=device)
+            self.state = job.prepare(model)
         except Exception as exc:  # noqa: BLE001 - reported to the driver by ready(), which raises a clear error
             self.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
             self.missing_module = getattr(exc, "name", None) if isinstance(exc, ImportError) else None
@@ -196,14 +235,12 @@ class _CertifyWorker:
 
     def ready(self) -> tuple[str | None, str | None, str | None, int]:
         """(error or None, the module a failed import missed, fingerprint of the loaded model, pid)."""
-        return self.error, getattr(self, "missing_module", None), self.fingerprint, os.getpid()
+        return self.error, self.missing_module, self.fingerprint, os.getpid()
 
-    def certify(self, idx: int, x: Any, label: int, settings: dict) -> dict:
-        from certify.runs import certify_one
-
-        if self.smooth is None:
+    def work(self, unit: Any, x: Any, label: int) -> list[dict]:
+        if self.state is None:
             raise RuntimeError(f"this worker could not load the model: {self.error}")
-        return certify_one(self.smooth, idx, x, label, settings)
+        return self.job.run(self.state, unit, x, label)
 
 
 # ------------------------------------------------------------------------------------------------ driver
@@ -268,12 +305,12 @@ def _model_error(error: str, missing: str | None, payload: Any, model: Any) -> s
     return f"the Ray workers cannot load the model (class {type(model).__qualname__} from {where}): {error}"
 
 
-def _start_workers(ray: Any, *, payload: Any, model: Any, workers: int, num_classes: int, sigma: float,
-                   device: str, fingerprint: str | None) -> list:
+def _start_workers(ray: Any, *, payload: Any, job: Any, model: Any, workers: int, device: str,
+                   fingerprint: str | None) -> list:
     actor_cls = ray.remote(_CertifyWorker).options(
         num_cpus=1, num_gpus=1 if device == "cuda" else 0, max_restarts=MAX_ATTEMPTS, max_task_retries=MAX_ATTEMPTS)
     # the payload goes with each actor's creation task (Ray keeps it for restarts)
-    actors = [actor_cls.remote(payload, num_classes, sigma, device, 1) for _ in range(workers)]
+    actors = [actor_cls.remote(payload, job, 1) for _ in range(workers)]
     try:
         answers = ray.get([a.ready.remote() for a in actors], timeout=STARTUP_TIMEOUT_S)
     except ray.exceptions.GetTimeoutError:
@@ -290,25 +327,28 @@ def _start_workers(ray: Any, *, payload: Any, model: Any, workers: int, num_clas
     return actors
 
 
-def _task_error(exc: Exception, idx: int) -> Exception:
+def _task_error(exc: Exception, unit: Any) -> Exception:
     cause = getattr(exc, "cause", None)
     if isinstance(cause, (ValueError, TypeError)):
-        return type(cause)(f"example {idx}: {cause}")
-    return RuntimeError(f"a Ray worker failed on example {idx}: {str(exc).splitlines()[0]}")
+        return type(cause)(f"{_unit_text(unit)}: {cause}")
+    return RuntimeError(f"a Ray worker failed on {_unit_text(unit)}: {str(exc).splitlines()[0]}")
 
 
-def _stream(ray: Any, actors: list, indices: list[int], dataset: Any, settings: dict,
+def _unit_text(unit: Any) -> str:
+    return f"example {unit}" if isinstance(unit, int) else f"example {unit[0]} ({', '.join(map(str, unit[1:]))})"
+
+
+def _stream(ray: Any, actors: list, units: list, example: Callable[[Any], int], dataset: Any,
             emit: Callable[[dict], None]) -> None:
-    """Send the examples to the actors, collect the rows and ``emit`` them in the order of ``indices``."""
-    todo = deque(indices)
-    inflight: dict[Any, tuple[int, int, int]] = {}  # ref -> (idx, actor number, attempt)
-    buffer: dict[int, dict] = {}
+    """Send the units to the actors, collect their rows and ``emit`` them in the order of ``units``."""
+    todo = deque(range(len(units)))
+    inflight: dict[Any, tuple[int, int, int]] = {}  # ref -> (unit position, actor number, attempt)
+    buffer: dict[int, list[dict]] = {}
     position = 0
 
-    def submit(actor: int, idx: int, attempt: int) -> None:
-        x, label = dataset[idx]
-        ref = actors[actor].certify.remote(idx, x, int(label), settings)
-        inflight[ref] = (idx, actor, attempt)
+    def submit(actor: int, pos: int, attempt: int) -> None:
+        x, label = dataset[example(units[pos])]
+        inflight[actors[actor].work.remote(units[pos], x, int(label))] = (pos, actor, attempt)
 
     for _ in range(TASKS_PER_WORKER):
         for a in range(len(actors)):
@@ -316,36 +356,38 @@ def _stream(ray: Any, actors: list, indices: list[int], dataset: Any, settings: 
                 submit(a, todo.popleft(), 1)
     while inflight:
         (ref,), _ = ray.wait(list(inflight), num_returns=1)
-        idx, actor, attempt = inflight.pop(ref)
+        pos, actor, attempt = inflight.pop(ref)
         try:
-            row = ray.get(ref)
+            rows = ray.get(ref)
         except ray.exceptions.RayActorError:
             if attempt >= MAX_ATTEMPTS:
-                raise RuntimeError(f"example {idx}: its Ray worker died {attempt} times") from None
-            logger.warning("a Ray worker died while certifying example %d; retrying it (attempt %d)", idx,
+                raise RuntimeError(f"{_unit_text(units[pos])}: its Ray worker died {attempt} times") from None
+            logger.warning("a Ray worker died while working on %s; retrying it (attempt %d)", units[pos],
                            attempt + 1)
-            submit(actor, idx, attempt + 1)
+            submit(actor, pos, attempt + 1)
             continue
         except ray.exceptions.RayTaskError as exc:
-            raise _task_error(exc, idx) from None
-        buffer[idx] = row
-        while position < len(indices) and indices[position] in buffer:
-            emit(buffer.pop(indices[position]))
+            raise _task_error(exc, units[pos]) from None
+        buffer[pos] = rows
+        while position in buffer:
+            for row in buffer.pop(position):
+                emit(row)
             position += 1
         if todo:
             submit(actor, todo.popleft(), 1)
 
 
-def certify_rows_on_ray(*, model: Any, source: ModelSource | None, dataset: Any, indices: list[int],
-                        settings: dict, emit: Callable[[dict], None], workers: int, ray_address: str | None,
-                        device: str) -> dict[str, float]:
-    """Certify ``indices`` of ``dataset`` on ``workers`` Ray actors; ``emit(row)`` is called in index order.
+def run_on_ray(*, model: Any, source: ModelSource | None, job: Any, units: list, example: Callable[[Any], int],
+               dataset: Any, emit: Callable[[dict], None], workers: int, ray_address: str | None,
+               device: str = "cpu") -> dict[str, float]:
+    """Run ``job`` over ``units`` on ``workers`` Ray actors; ``emit(row)`` for every row, in the order of ``units``.
 
-    ``settings`` are those of :func:`certify.runs.certify_dataset` (sigma, n_select, n_estimate, alpha, seed,
-    batch_size, first_order, num_classes, model_fingerprint). ``device`` is ``"cpu"`` or ``"cuda"`` (each actor
-    then requests a GPU). The actors are killed at the end, also on errors and KeyboardInterrupt, and a Ray
-    instance started here is shut down. Returns ``{"startup_s", "certify_s", "examples"}``: the seconds to
-    connect and load the model on every worker, and the seconds from the first task to the last row.
+    ``job`` is picklable with ``prepare(model) -> state`` (once per worker) and ``run(state, unit, x, label) ->
+    list of rows``; ``example(unit)`` is the dataset index whose ``(x, label)`` the unit needs. The model
+    reaches the workers through ``source`` or, when None, pickled by Ray. ``device`` is ``"cpu"`` or
+    ``"cuda"`` (each actor then requests a GPU). The actors are killed at the end, also on errors and
+    KeyboardInterrupt, and a Ray instance started here is shut down. Returns ``{"startup_s", "certify_s",
+    "units"}``: the seconds to connect and load the model on every worker, and from the first task to the last row.
     """
     ray = import_ray()
     if source is None:
@@ -360,14 +402,15 @@ def certify_rows_on_ray(*, model: Any, source: ModelSource | None, dataset: Any,
     try:
         if device == "cuda" and ray.cluster_resources().get("GPU", 0) < 1:
             raise ValueError("device 'cuda': the Ray cluster has no GPU; use device cpu")
-        actors = _start_workers(ray, payload=payload, model=model, workers=workers,
-                                num_classes=int(settings["num_classes"]), sigma=float(settings["sigma"]),
-                                device=device, fingerprint=settings.get("model_fingerprint"))
+        from certify.rundir import model_fingerprint
+
+        actors = _start_workers(ray, payload=payload, job=job, model=model, workers=workers, device=device,
+                                fingerprint=model_fingerprint(model))
         startup = time.perf_counter() - t0
         logger.info("Ray start-up took %.1f s", startup)
         t1 = time.perf_counter()
-        _stream(ray, actors, indices, dataset, settings, emit)
-        return {"startup_s": startup, "certify_s": time.perf_counter() - t1, "examples": float(len(indices))}
+        _stream(ray, actors, units, example, dataset, emit)
+        return {"startup_s": startup, "certify_s": time.perf_counter() - t1, "units": float(len(units))}
     finally:
         for actor in actors:
             try:
@@ -376,3 +419,17 @@ def certify_rows_on_ray(*, model: Any, source: ModelSource | None, dataset: Any,
                 pass
         if started:
             ray.shutdown()
+
+
+def certify_rows_on_ray(*, model: Any, source: ModelSource | None, dataset: Any, indices: list[int],
+                        settings: dict, emit: Callable[[dict], None], workers: int, ray_address: str | None,
+                        device: str) -> dict[str, float]:
+    """Certify ``indices`` of ``dataset`` with a smoothed classifier on Ray workers (:func:`run_on_ray`).
+
+    ``settings`` are those of :func:`certify.runs.certify_dataset` (sigma, n_select, n_estimate, alpha, seed,
+    batch_size, first_order, num_classes); every row is :func:`certify.runs.certify_one`'s.
+    """
+    job = SmoothingJob(num_classes=int(settings["num_classes"]), sigma=float(settings["sigma"]), device=device,
+                       settings=dict(settings))
+    return run_on_ray(model=model, source=source, job=job, units=list(indices), example=int, dataset=dataset,
+                      emit=emit, workers=workers, ray_address=ray_address, device=device)

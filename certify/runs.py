@@ -199,7 +199,11 @@ def certify_dataset(smooth: Any, dataset: Any, *, out: str | os.PathLike | None 
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
     if not hasattr(smooth, "certify"):
         raise TypeError(f"smooth must have a certify method (certify.Smooth), got {type(smooth).__name__}")
-    parallel = _check_parallel(workers, ray_address, model_source)
+    parallel = None
+    if workers is not None or ray_address is not None or model_source is not None:
+        from certify.distributed import check_parallel
+
+        parallel = check_parallel(workers, ray_address, model_source)
     smooth, device_type = _on_device(smooth, device, local=parallel is None or ray_address is None)
     try:
         n_total = len(dataset)
@@ -245,24 +249,6 @@ def certify_dataset(smooth: Any, dataset: Any, *, out: str | os.PathLike | None 
     if render:
         return render_run(out)
     return load_run(out)
-
-
-def _check_parallel(workers: Any, ray_address: Any, model_source: Any) -> dict | None:
-    """None for the in-process path, else the checked ``workers`` / ``ray_address`` / ``model_source``."""
-    if workers is None:
-        for name, value in (("ray_address", ray_address), ("model_source", model_source)):
-            if value is not None:
-                raise ValueError(f"{name} is only used with workers= (certification on Ray workers)")
-        return None
-    from certify.distributed import ModelSource, check_workers
-
-    n = check_workers(workers)
-    if ray_address is not None and (not isinstance(ray_address, str) or not ray_address.strip()):
-        raise ValueError(f"ray_address must be 'host:port', 'ray://host:port' or 'auto', got {ray_address!r}")
-    if model_source is not None and not isinstance(model_source, ModelSource):
-        raise TypeError(f"model_source must be a certify.distributed.ModelSource or None, "
-                        f"got {type(model_source).__name__}")
-    return {"workers": n, "ray_address": ray_address, "source": model_source}
 
 
 def _on_device(smooth: Any, device: Any, *, local: bool) -> tuple[Any, str]:

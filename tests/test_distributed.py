@@ -71,8 +71,8 @@ def _smooth():
 
 
 def _rows(path):
-    """rows.tsv lines without the time column (and the header), in file order."""
-    lines = Path(path).read_text().splitlines()
+    """rows.tsv lines (header and rows, no # comments) without the time column, in file order."""
+    lines = [line for line in Path(path).read_text().splitlines() if not line.startswith("#")]
     header = lines[0].split("\t")
     t = header.index("time")
     return [[c for i, c in enumerate(line.split("\t")) if i != t] for line in lines]
@@ -291,3 +291,35 @@ def test_signal_on_the_driver_stops_the_workers_and_resume_completes(tmp_path, f
     assert cli.main(args_for(tmp_path / "killed")) == 0       # resume, in-process this time
     assert cli.main(args_for(tmp_path / "full")) == 0
     assert _rows(rows) == _rows(tmp_path / "full" / "rows.tsv")
+
+
+@pytest.mark.slow
+def test_semantic_rows_identical_in_process_and_on_2_workers(ray_session, tmp_path, capsys):
+    import semantic_layers
+    from certify.semantic import semantic_report
+
+    families = [semantic_layers.get("brightness"), semantic_layers.get("contrast")]
+    kw = dict(max_examples=3, n_splits=2, max_refine=1, attack_grid=11, attack_steps=2, verbose=False, plots=False)
+    model = models.pretrained("digits_mlp")
+    semantic_report(model, load_dataset("digits"), families, out=tmp_path / "inproc", **kw)
+    semantic_report(model, load_dataset("digits"), families, out=tmp_path / "w2", workers=2, **kw)
+    reference = _rows(tmp_path / "inproc" / "rows.tsv")
+    assert len(reference) == 1 + 3 * 2
+    assert _rows(tmp_path / "w2" / "rows.tsv") == reference
+    # the CLI, its workers loading the shipped checkpoint themselves
+    argv = ["-q", "semantic", "--pretrained", "digits_mlp", "--data", "digits", "--perturbation",
+            "brightness,contrast", "--max", "3", "--n-splits", "2", "--max-refine", "1", "--attack-grid", "11",
+            "--attack-steps", "2", "--out", str(tmp_path / "cli"), "--workers", "2"]
+    assert cli.main(argv) == 0
+    assert _rows(tmp_path / "cli" / "rows.tsv") == reference
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--workers", "0"], "--workers must be an integer >= 1, got 0"),
+    (["--ray-address", "auto"], "--ray-address: only used with --workers"),
+])
+def test_cli_semantic_bad_workers_arguments(tmp_path, capsys, extra, message):
+    argv = ["-q", "semantic", "--pretrained", "digits_mlp", "--data", "digits", "--perturbation", "brightness",
+            "--max", "1", "--out", str(tmp_path / "x"), *extra]
+    assert message in _cli_error(argv, capsys)
+    assert not (tmp_path / "x" / "rows.tsv").exists()

@@ -22,6 +22,8 @@ import argparse
 import json
 import logging
 
+from certify.distributed import add_workers_arguments, workers_from_args
+
 logger = logging.getLogger(__name__)
 
 HELP = "semantic perturbation verification (auto_LiRPA over semantic layers): certified vs attack ranges"
@@ -95,6 +97,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "must match)")
     parser.add_argument("--overwrite", action="store_true",
                         help="with --no-resume: delete the rows already in --out and start over")
+    add_workers_arguments(parser)
 
 
 def _load_model(args):
@@ -146,7 +149,13 @@ def run(args) -> int:
             raise ValueError(f"--{flag} applies to {', '.join(families)}, which --perturbation does not list")
     if args.overwrite and args.resume:
         raise ValueError("--overwrite: only with --no-resume (it deletes the rows already in --out)")
+    workers, ray_address = workers_from_args(args)
     model, info = _load_model(args)
+    source = None
+    if workers is not None:
+        from certify.distributed import ModelSource
+
+        source = ModelSource(pretrained=args.pretrained, checkpoint=args.checkpoint, arch=args.arch, trust=args.trust)
     dataset_name = args.data or info.get("dataset") or "fashion-mnist"
     dataset = data.load_dataset(dataset_name, split=args.split)
     report = semantic_report(
@@ -155,7 +164,7 @@ def run(args) -> int:
         n_splits=args.n_splits,
         max_refine=args.max_refine, attack=not args.no_attack, attack_grid=args.attack_grid,
         attack_steps=args.attack_steps, batch_size=args.batch_size, seed=args.seed, baseline=args.baseline,
-        verbose=not getattr(args, "quiet", False))
+        verbose=not getattr(args, "quiet", False), workers=workers, ray_address=ray_address, model_source=source)
     summary = report.summary()
     if not getattr(args, "quiet", False):
         print(report.to_markdown())
