@@ -11,7 +11,10 @@ n_estimate ``--n-estimate`` (default 10,000), zeroth order, one torch thread per
    (both on 127.0.0.1, one CPU each, their own temp dir), certified with ``ray_address`` and 2 workers; both
    nodes are stopped afterwards (their ``ray start --block`` processes are terminated).
 
-Every distributed run's rows are compared with the in-process rows (all columns but ``time``).
+Every distributed run's rows are compared with the in-process rows (all columns but ``time``). Also reported per
+run: the mean seconds one example took inside its process (the rows' ``time``; it grows when the cores are
+shared with other work) and the busy fraction = sum of those times / (workers x wall time): close to 1 means
+the workers never waited for the driver or Ray, so a speed-up below the worker count comes from CPU contention.
 Goals: workers=2 >= 1.7x workers=1; Ray overhead at workers=1 <= 10 % of in-process (rate ratio >= 0.9).
 Ratios are only meaningful within one run (the CPU may be shared): the load average is recorded.
 
@@ -78,7 +81,15 @@ def on_ray(model, data, indices, settings, workers, address=None) -> tuple[list[
     rows: list[dict] = []
     stats = certify_rows_on_ray(model=model, source=None, dataset=data, indices=indices, settings=settings,
                                 emit=rows.append, workers=workers, ray_address=address, device="cpu")
+    busy = sum(float(r["time"]) for r in rows)
+    stats = {**stats, "mean_example_s": busy / len(rows), "busy_fraction": busy / (workers * stats["certify_s"])}
     return rows, stats
+
+
+def _entry(rows, stats, ref_rows, n) -> dict:
+    return {"startup_s": stats["startup_s"], "seconds": stats["certify_s"], "examples_per_s": n / stats["certify_s"],
+            "mean_example_s": stats["mean_example_s"], "busy_fraction": stats["busy_fraction"],
+            "rows_identical": _strip(rows) == _strip(ref_rows)}
 
 
 def multi_node(model, data, indices, settings) -> dict:
@@ -160,7 +171,8 @@ def main(argv=None) -> int:
                     "python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__}
 
     ref_rows, t_in = in_process(smooth, data, indices, settings)
-    result["in_process"] = {"seconds": t_in, "examples_per_s": len(indices) / t_in}
+    result["in_process"] = {"seconds": t_in, "examples_per_s": len(indices) / t_in,
+                            "mean_example_s": sum(float(r["time"]) for r in ref_rows) / len(ref_rows)}
     print(f"in-process: {len(indices) / t_in:.3f} examples/s (load {_load()})", flush=True)
 
     t0 = time.perf_counter()
@@ -170,9 +182,7 @@ def main(argv=None) -> int:
     try:
         for workers in (1, 2):
             rows, stats = on_ray(model, data, indices, settings, workers)
-            result[f"workers_{workers}"] = {"startup_s": stats["startup_s"], "seconds": stats["certify_s"],
-                                            "examples_per_s": len(indices) / stats["certify_s"],
-                                            "rows_identical": _strip(rows) == _strip(ref_rows)}
+            result[f"workers_{workers}"] = _entry(rows, stats, ref_rows, len(indices))
             print(f"workers={workers}: {len(indices) / stats['certify_s']:.3f} examples/s, start-up "
                   f"{stats['startup_s']:.1f} s, rows identical {_strip(rows) == _strip(ref_rows)} "
                   f"(load {_load()})", flush=True)
@@ -182,10 +192,7 @@ def main(argv=None) -> int:
         cl = multi_node(model, data, indices, settings)
         rows = cl.pop("rows")
         result["multi_node"] = {"nodes": cl["nodes"], "address": cl["address"],
-                                "cluster_start_s": cl["cluster_start_s"], "startup_s": cl["startup_s"],
-                                "seconds": cl["certify_s"],
-                                "examples_per_s": len(indices) / cl["certify_s"],
-                                "rows_identical": _strip(rows) == _strip(ref_rows)}
+                                "cluster_start_s": cl["cluster_start_s"], **_entry(rows, cl, ref_rows, len(indices))}
     result["load_after"] = _load()
     w1, w2, inp = result["workers_1"], result["workers_2"], result["in_process"]
     result["speedup_2_vs_1"] = w2["examples_per_s"] / w1["examples_per_s"]
@@ -198,13 +205,15 @@ def main(argv=None) -> int:
     out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     print(f"\n{len(indices)} Fashion-MNIST images, n_estimate {args.n_estimate:,}, 1 torch thread per process, "
           f"{os.cpu_count()} cores, load {load_before} -> {result['load_after']}")
-    print(f"{'path':<22}{'examples/s':>12}{'start-up s':>12}{'rows identical':>16}")
-    print(f"{'in-process':<22}{inp['examples_per_s']:>12.3f}{'-':>12}{'(reference)':>16}")
+    print(f"{'path':<22}{'examples/s':>12}{'start-up s':>12}{'s/example':>11}{'busy':>7}{'rows identical':>16}")
+    print(f"{'in-process':<22}{inp['examples_per_s']:>12.3f}{'-':>12}{inp['mean_example_s']:>11.3f}{'-':>7}"
+          f"{'(reference)':>16}")
     for key, label in (("workers_1", "ray workers=1"), ("workers_2", "ray workers=2"),
                        ("multi_node", "2-node cluster, w=2")):
         if key in result:
             r = result[key]
-            print(f"{label:<22}{r['examples_per_s']:>12.3f}{r['startup_s']:>12.1f}{str(r['rows_identical']):>16}")
+            print(f"{label:<22}{r['examples_per_s']:>12.3f}{r['startup_s']:>12.1f}{r['mean_example_s']:>11.3f}"
+                  f"{r['busy_fraction']:>7.2f}{str(r['rows_identical']):>16}")
     print(f"ray.init {result['ray_init_s']:.1f} s; speed-up workers 2 vs 1: {result['speedup_2_vs_1']:.2f}x "
           f"(goal >= 1.7); overhead workers=1 vs in-process: {100 * result['overhead_1_vs_in_process']:.1f} % "
           f"(goal <= 10 %)")
