@@ -323,3 +323,30 @@ def test_cli_semantic_bad_workers_arguments(tmp_path, capsys, extra, message):
             "--max", "1", "--out", str(tmp_path / "x"), *extra]
     assert message in _cli_error(argv, capsys)
     assert not (tmp_path / "x" / "rows.tsv").exists()
+
+
+def test_cuda_workers_request_one_gpu_each(monkeypatch):
+    """With device='cuda' every actor asks Ray for one GPU (and one CPU); on the CPU none."""
+    from certify import distributed
+
+    seen = []
+
+    class FakeActorClass:
+        def options(self, **kw):
+            seen.append(kw)
+            raise RuntimeError("stop here")
+
+    fake_ray = type("FakeRay", (), {"remote": staticmethod(lambda cls: FakeActorClass())})
+    for device, gpus in (("cuda", 1), ("cpu", 0)):
+        with pytest.raises(RuntimeError, match="stop here"):
+            distributed._start_workers(fake_ray, payload=b"", job=None, model=None, workers=2, device=device,
+                                       fingerprint=None)
+        assert seen[-1]["num_gpus"] == gpus and seen[-1]["num_cpus"] == 1
+
+
+@pytest.mark.slow
+def test_cuda_on_a_cluster_without_gpus_is_a_clear_error(ray_session, tmp_path):
+    address = ray_session.get_runtime_context().gcs_address
+    with pytest.raises(ValueError, match="the Ray cluster has no GPU"):
+        certify_dataset(_smooth(), load_dataset("digits"), out=tmp_path / "x", workers=1, ray_address=address,
+                        device="cuda", **SETTINGS)
