@@ -50,6 +50,8 @@ from estimators.sampling import derive_seeds, sample_noise
 
 __all__ = [
     "Smooth",
+    "PIXEL_RANGE",
+    "check_pixels",
     "Prediction",
     "SmoothingCertificate",
     "cohen_radius",
@@ -185,6 +187,46 @@ def _model_device_dtype(model) -> tuple[torch.device, torch.dtype]:
 
 
 
+#: the input range Smooth accepts by default: pixels in [0, 1], so sigma and radii are in pixel units
+PIXEL_RANGE = (0.0, 1.0)
+
+
+def _check_input_range(input_range) -> tuple[float, float] | None:
+    if input_range is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in input_range)
+    except (TypeError, ValueError):
+        raise TypeError(f"input_range must be None or (low, high), got {input_range!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"input_range must be None or finite (low, high) with low < high, got {input_range!r}")
+    return lo, hi
+
+
+def check_pixels(x, input_range: tuple[float, float] | None = PIXEL_RANGE) -> None:
+    """Refuse integer images and values outside ``input_range`` (None: no check).
+
+    Smoothing noise and radii are in the units of ``x``; 0-255 pixels or normalised inputs ((x - mean) / std)
+    would silently give radii in other units.
+    """
+    if input_range is None:
+        return
+    if isinstance(x, np.ndarray) and x.dtype.kind in "iuf":
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    if not isinstance(x, torch.Tensor) or x.dtype == torch.bool or x.is_complex():
+        return  # _prepare names the accepted types
+    lo, hi = input_range
+    if not x.is_floating_point():
+        raise TypeError(f"x has integer dtype {x.dtype}: pass float pixels in [{lo:g}, {hi:g}] (e.g. x.float() / 255)")
+    finite = x[torch.isfinite(x)]
+    if finite.numel() and (float(finite.min()) < lo or float(finite.max()) > hi):
+        raise ValueError(
+            f"x must hold pixel values in [{lo:g}, {hi:g}], got values in [{float(finite.min()):g}, "
+            f"{float(finite.max()):g}]: divide 0-255 images by 255 and put normalisation ((x - mean) / std) inside "
+            "the model (certify.models.Normalized), so sigma and radii are in pixel units; "
+            "Smooth(..., input_range=None) turns the check off for inputs that are not images")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Smooth
 # ----------------------------------------------------------------------------------------------------------
@@ -198,15 +240,19 @@ class Smooth:
     model accepts (it receives batches (B, *shape)); a 4-D (1, C, H, W) input is squeezed to (C, H, W) and a 4-D
     batch of several examples is rejected. torch tensors or numpy arrays; converted to the model's dtype and
     device; must be finite. Channels for per-channel radii: C = shape[0] for 3-D inputs, otherwise 1.
+    ``input_range`` (default [0, 1], pixels): inputs outside it and integer dtypes are refused
+    (:func:`check_pixels`); None for inputs that are not images in pixel units.
     """
 
-    def __init__(self, model, num_classes: int, sigma: float):
+    def __init__(self, model, num_classes: int, sigma: float, *,
+                 input_range: tuple[float, float] | None = PIXEL_RANGE):
         if not callable(model):
             raise TypeError(f"model must be a callable (e.g. torch.nn.Module), got {type(model).__name__}")
         v = _validate(sigma=sigma, num_classes=num_classes)
         self.model = model
         self.num_classes = v["num_classes"]
         self.sigma = v["sigma"]
+        self.input_range = _check_input_range(input_range)
         self.device, self.dtype = _model_device_dtype(model)
 
     def __repr__(self) -> str:
@@ -214,6 +260,7 @@ class Smooth:
 
     # -- input ----------------------------------------------------------------------------------------------
     def _prepare(self, x) -> torch.Tensor:
+        check_pixels(x, self.input_range)
         if isinstance(x, np.ndarray):
             if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)) or x.dtype == bool:
                 raise TypeError(f"x must hold real numbers, got dtype {x.dtype}")
