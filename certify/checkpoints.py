@@ -36,13 +36,17 @@ from certify import models as zoo
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_checkpoint", "load_arch", "UnsafeCheckpointError"]
+__all__ = ["load_checkpoint", "load_arch", "UnsafeCheckpointError", "ArchitectureError"]
 
 _STATE_KEYS = ("state_dict", "model_state_dict", "model", "net")
 
 
 class UnsafeCheckpointError(ValueError):
     """The checkpoint can only be loaded with pickle, which may execute code; pass ``trust=True``."""
+
+
+class ArchitectureError(ValueError):
+    """A state_dict without ``arch``, or one that does not fit ``arch`` (missing / unexpected keys, shapes)."""
 
 
 def load_arch(arch: str, *, kwargs: Mapping[str, Any] | None = None) -> nn.Module:
@@ -229,7 +233,7 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -
             parts.append(f"unexpected keys {unexpected}")
         if mismatched:
             parts.append(f"shape mismatches {mismatched}")
-        raise ValueError(f"checkpoint {source} does not fit the architecture: " + "; ".join(parts))
+        raise ArchitectureError(f"checkpoint {source} does not fit the architecture: " + "; ".join(parts))
     model.load_state_dict(state)
 
 
@@ -267,7 +271,7 @@ def _load_trusted(path: Path, map_location: str | torch.device) -> Any:
         raise _unreadable(path, exc) from None
 
 
-def load_checkpoint(path: str | os.PathLike, *, arch: str | None = None, trust: bool = False,
+def load_checkpoint(path: str | os.PathLike, *, arch: str | nn.Module | None = None, trust: bool = False,
                     map_location: str | torch.device = "cpu",
                     arch_kwargs: Mapping[str, Any] | None = None) -> nn.Module:
     """Load a classifier checkpoint, in eval mode.
@@ -276,7 +280,8 @@ def load_checkpoint(path: str | os.PathLike, *, arch: str | None = None, trust: 
         path: the checkpoint file.
         arch: for state_dicts: an architecture for :func:`load_arch` (zoo name, ``"path/to/file.py:ClassName"``,
             ``"torchvision:resnet18"``, ``"module:callable"``); ignored (may be None) for TorchScript /
-            torch.export files and trusted pickled modules.
+            torch.export files and trusted pickled modules. A freshly built ``nn.Module`` is also accepted
+            (the state_dict is loaded into it).
         trust: allow unpickling a full ``nn.Module`` (can execute arbitrary code: only for files you trust).
         map_location: device for the tensors.
         arch_kwargs: keyword arguments for the ``arch`` constructor (e.g. ``{"num_classes": 10}``).
@@ -325,9 +330,9 @@ def load_checkpoint(path: str | os.PathLike, *, arch: str | None = None, trust: 
         return obj.eval()
     state = _extract_state_dict(obj)
     if arch is None:
-        raise ValueError(f"{path} is a state_dict: pass arch= (one of {zoo.available()}, "
-                         "'path/to/file.py:ClassName', 'torchvision:NAME' or 'module:callable')")
-    model = load_arch(arch, kwargs=arch_kwargs)
+        raise ArchitectureError(f"{path} is a state_dict: pass arch= (one of {zoo.available()}, "
+                                "'path/to/file.py:ClassName', 'torchvision:NAME' or 'module:callable')")
+    model = arch if isinstance(arch, nn.Module) else load_arch(arch, kwargs=arch_kwargs)
     _load_state(model, state, str(path))
     model.to(map_location)
     return model.eval()
