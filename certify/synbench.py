@@ -46,7 +46,6 @@ import contextlib
 import json
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -144,10 +143,14 @@ def _input_shape(value) -> tuple[int, ...]:
 
 
 def _progress(iterable, *, verbose: bool, desc: str, total: int | None = None):
-    from tqdm.auto import tqdm
+    """Iterate with :func:`certify._progress.progress` (tqdm on a terminal, periodic log lines elsewhere)."""
+    from certify._progress import progress
 
-    return tqdm(iterable, desc=desc, total=total, leave=False,
-                disable=not (verbose and sys.stderr.isatty()))
+    items = list(iterable)
+    with progress(total=len(items) if total is None else total, desc=desc, enabled=verbose) as bar:
+        for item in items:
+            yield item
+            bar.update(1)
 
 
 # ----------------------------------------------------------------------------------------------

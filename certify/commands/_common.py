@@ -8,7 +8,7 @@ accepted values; :func:`certify.cli.main` turns it into a one-line error with ex
   ``--arch-kwargs``, ``--trust``, ``--mean``/``--std`` (wrapped in :class:`certify.models.Normalized`);
 * :func:`add_run_arguments`: ``--out`` (default ``runs/<command>_<model>``), ``--resume``/``--no-resume``
   (default on), ``--overwrite``, ``--seed``, ``--max``;
-* :func:`load_data`, :func:`check_model_input`, :func:`check_out`, :func:`run_record`, :func:`set_summary`.
+* :func:`load_data`, :func:`check_model_and_data`, :func:`check_out`, :func:`run_record`, :func:`set_summary`.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from typing import Any
 __all__ = [
     "positive_int", "nonnegative_int", "positive_float", "probability", "float_list", "shape_arg", "json_object",
     "add_shared_flags", "add_model_arguments", "add_run_arguments", "LoadedModel", "load_model", "load_data",
-    "resolve_num_classes", "check_model_input", "check_out", "default_out", "run_record", "set_summary",
+    "check_model_and_data", "check_out", "default_out", "run_record", "set_summary",
     "check_resume_flags", "prepare_smoothing",
 ]
 
@@ -138,7 +138,8 @@ def add_model_arguments(p: argparse.ArgumentParser, *, num_classes: bool = True)
                    help="per-channel std of the model's input normalisation (with --mean)")
     if num_classes:
         p.add_argument("--num-classes", type=positive_int, default=None, metavar="K",
-                       help="classes of the model (default: the dataset's); also passed to torchvision:NAME")
+                       help="classes of the model (checked against its outputs; default: the number of outputs); "
+                            "also passed to torchvision:NAME")
 
 
 def add_run_arguments(p: argparse.ArgumentParser, *, max_examples: bool = True, seed_help: str | None = None,
@@ -280,27 +281,24 @@ def load_data(name: str | None, split: str, *, flag: str = "--data") -> Any:
         raise ValueError(f"{flag}: {name} cannot be read ({exc})") from None
 
 
-def resolve_num_classes(dataset: Any, num_classes: int | None) -> int:
-    """``--num-classes`` or the dataset's class count; every label must lie in [0, K)."""
-    n = len(dataset.classes) if num_classes is None else num_classes
-    if n < 2:
-        raise ValueError(f"--num-classes: must be >= 2, got {n}" if num_classes is not None else
-                         f"--data: {dataset.name} has {n} class; pass --num-classes K (the model's classes)")
-    top = int(dataset.y.max())
-    if top >= n:
-        raise ValueError(f"--num-classes {n}: {dataset.name} has a label {top}; labels must lie in [0, {n})")
-    return n
+def check_model_and_data(model: Any, dataset: Any, *, index: int = 0, num_classes: int | None = None,
+                         data_flag: str = "--data") -> int:
+    """Run the model on one example of ``dataset``; return its number of classes after checking everything.
 
-
-def check_model_input(model: Any, dataset: Any, *, index: int, num_classes: int, num_classes_given: bool,
-                      data_flag: str = "--data") -> None:
-    """Run the model on one example: it must accept the dataset's images and output ``num_classes`` logits."""
+    The model must accept the dataset's images and return (1, K) logits; ``num_classes`` (``--num-classes``),
+    when given, must equal K; every label of the dataset must lie in [0, K). Each error names the flag to fix.
+    """
     import torch
 
     from certify._modes import eval_mode
 
+    from certify.models import Normalized
+
     x = dataset[index][0]
     shape = tuple(x.shape)
+    if isinstance(model, Normalized) and model.mean.shape[0] not in (1, shape[0]):
+        raise ValueError(f"--mean/--std: {model.mean.shape[0]} values per channel, but {dataset.name}'s images have "
+                         f"{shape[0]} channels")
     expected = getattr(model, "input_shape", None)
     if expected is not None and tuple(expected) != shape:
         raise ValueError(f"{data_flag}: {dataset.name} has images of shape {shape} (C, H, W); the model takes "
@@ -311,18 +309,19 @@ def check_model_input(model: Any, dataset: Any, *, index: int, num_classes: int,
     except Exception as exc:  # noqa: BLE001 - the user's model rejects the input: report it on one line
         raise ValueError(f"{data_flag}: the model cannot take {dataset.name}'s images of shape {shape} (C, H, W) "
                          f"({type(exc).__name__}: {_first_line(exc)})") from None
-    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != 1:
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != 1 or logits.shape[1] < 2:
         got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ValueError(f"--checkpoint: the model must return logits of shape (batch, classes), got {got} for "
-                         "one input")
+        raise ValueError(f"--checkpoint: the model must return logits of shape (batch, classes) with classes >= 2, "
+                         f"got {got} for one input")
     k = int(logits.shape[1])
-    if k == num_classes:
-        return
-    if num_classes_given:
+    if num_classes is not None and num_classes != k:
         raise ValueError(f"--num-classes {num_classes}: the model outputs {k} logits per example")
-    raise ValueError(f"{data_flag}: {dataset.name} has {num_classes} classes (inferred from its labels/class "
-                     f"folders) but the model outputs {k} logits; pass --num-classes {k} if the data uses only some "
-                     "of the model's classes")
+    top = int(dataset.y.max())
+    if top >= k:
+        flag = f"--num-classes {k}" if num_classes is not None else data_flag
+        raise ValueError(f"{flag}: {dataset.name} has a label {top}, but the model has {k} classes (outputs); "
+                         f"labels must lie in [0, {k})")
+    return k
 
 
 # ------------------------------------------------------------------------------------------------ output
@@ -387,9 +386,7 @@ def prepare_smoothing(args: argparse.Namespace, command: str) -> dict[str, Any]:
     dataset = load_data(args.data if args.data is not None else loaded.info.get("dataset"), args.split)
     if args.start >= len(dataset):
         raise ValueError(f"--start: must be < the dataset size {len(dataset)}, got {args.start}")
-    num_classes = resolve_num_classes(dataset, args.num_classes)
-    check_model_input(loaded.model, dataset, index=args.start, num_classes=num_classes,
-                      num_classes_given=args.num_classes is not None)
+    num_classes = check_model_and_data(loaded.model, dataset, index=args.start, num_classes=args.num_classes)
     out = check_out(args.out if args.out else default_out(command, loaded, f"_sigma{sigma:g}"))
     return {"loaded": loaded, "sigma": sigma, "dataset": dataset, "num_classes": num_classes, "out": out,
             "record": run_record(args, loaded, dataset)}

@@ -11,7 +11,7 @@ import argparse
 
 from certify.commands._common import (
     add_run_arguments,
-    check_model_input,
+    check_model_and_data,
     check_out,
     check_resume_flags,
     positive_int,
@@ -46,11 +46,11 @@ def run(args: argparse.Namespace) -> int:
     model = models.pretrained(CHECKPOINT)
     info = models.pretrained_info(CHECKPOINT)
     dataset = load_dataset(info["dataset"], split="test")
-    check_model_input(model, dataset, index=0, num_classes=len(dataset.classes), num_classes_given=False)
+    num_classes = check_model_and_data(model, dataset)
     print(f"certify demo: {CHECKPOINT} (test accuracy {info.get('test_accuracy', float('nan')):.3f}), sigma {SIGMA}, "
           f"{args.n} Fashion-MNIST test images (every {args.skip}th), n_estimate {args.n_estimate:,}, "
           f"alpha {args.alpha}, first order {'on' if args.first_order else 'off'}")
-    smooth = Smooth(model, num_classes=len(dataset.classes), sigma=SIGMA)
+    smooth = Smooth(model, num_classes=num_classes, sigma=SIGMA)
     with terminate_as_interrupt():
         report = certify_dataset(
             smooth, dataset, out=out, resume=args.resume, overwrite=args.overwrite, n_select=args.n_select,

@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from certify.commands._common import set_summary
+
 logger = logging.getLogger(__name__)
 
 HELP = "the four parts together on a family of Fashion-MNIST models: tables, plots, consistency checks"
@@ -54,4 +56,7 @@ def run(args) -> int:
     for problem in res.consistency["problems"]:
         print(f"  VIOLATION: {problem}")
     print(f"report: {res.report}\nresults: {res.results}")
+    set_summary(args, {"name": res.config.name, "models": list(res.config.models), "wall_time_s": res.wall_time_s,
+                       "correlation": res.correlation, "consistency": res.consistency, "report": str(res.report),
+                       "results": str(res.results)})
     return 3 if res.consistency["violations"] else 0

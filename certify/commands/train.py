@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from certify.commands._common import set_summary
+
 HELP = "train a zoo model (clean, Gaussian noise for smoothing, FGSM/PGD adversarial, adversarial fine-tuning)"
 
 
@@ -38,4 +40,5 @@ def run(args: argparse.Namespace) -> int:
                    verbose=not args.quiet)
     print(json.dumps(result.to_dict(), indent=2, sort_keys=True))
     print(f"clean test accuracy {result.test_accuracy:.4f} after {result.train_seconds:.0f} s; wrote {args.out}")
+    set_summary(args, result.to_dict())
     return 0
