@@ -504,9 +504,13 @@ def _load_image_folder(path: Path, split: str) -> ImageDataset:
         raise ValueError(f"{folder}: not an image folder (expected root/<class>/<image>): {exc}") from exc
     if len(ds) == 0:
         raise ValueError(f"{folder}: no images found (extensions {', '.join(_IMAGE_EXTENSIONS)})")
+    samples = sorted(ds.samples, key=lambda item: (item[1], item[0]))  # by label, then file name
     images, labels = [], []
-    for img, label in ds:
-        t = pil_to_tensor(img)  # uint8 (C, H, W)
+    for file, label in samples:
+        try:
+            t = pil_to_tensor(_pil_loader(file))  # uint8 (C, H, W)
+        except OSError as exc:
+            raise ValueError(f"{file}: not a readable image ({exc})") from None
         images.append(t)
         labels.append(label)
     channels = {t.shape[0] for t in images}
@@ -517,5 +521,5 @@ def _load_image_folder(path: Path, split: str) -> ImageDataset:
         raise ValueError(f"{folder}: all images must have the same size, found {sorted(sizes)[:5]}")
     x = torch.stack(images).to(torch.float32) / 255.0
     y = torch.tensor(labels, dtype=torch.int64)
-    files = tuple(os.path.relpath(p, folder) for p, _ in ds.samples)
+    files = tuple(os.path.relpath(p, folder) for p, _ in samples)
     return ImageDataset(name=str(folder), x=x, y=y, classes=classes, files=files, class_to_idx=mapping)

@@ -296,8 +296,9 @@ def check_model_and_data(model: Any, dataset: Any, *, index: int = 0, num_classe
 
     x = dataset[index][0]
     shape = tuple(x.shape)
-    if isinstance(model, Normalized) and model.mean.shape[0] not in (1, shape[0]):
-        raise ValueError(f"--mean/--std: {model.mean.shape[0]} values per channel, but {dataset.name}'s images have "
+    channels = max(model.mean.shape[0], model.std.shape[0]) if isinstance(model, Normalized) else 1
+    if channels not in (1, shape[0]):
+        raise ValueError(f"--mean/--std: {channels} values (one per channel), but {dataset.name}'s images have "
                          f"{shape[0]} channels")
     expected = getattr(model, "input_shape", None)
     if expected is not None and tuple(expected) != shape:
