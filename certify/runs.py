@@ -41,8 +41,8 @@ from certify._jsonio import atomic_write_json, atomic_write_text
 from certify._progress import progress
 from certify.reports import ROW_COLUMNS, RadiusReport, row_from_certificate
 from certify.rundir import (
-    RUN_FILE,
     ROWS_FILE,
+    RUN_FILE,
     dataset_fingerprint,
     model_fingerprint,
     open_run,

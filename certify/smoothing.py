@@ -33,7 +33,6 @@ import torch
 from torch import nn
 
 from certify._modes import eval_mode as _eval_mode
-
 from estimators.confidence import AlphaBudget, binomial_test_pvalue, check_alpha, clopper_pearson_lower
 from estimators.gradient import GradientBounds, gradient_bound_names, gradient_bounds
 from estimators.radius import (

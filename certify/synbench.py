@@ -42,14 +42,13 @@ those of the raw data at the same accuracy levels.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -856,7 +855,8 @@ def _dataset_xy(data, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     elif hasattr(data, "x") and hasattr(data, "y"):
         x, y = data.x, data.y
     else:
-        raise TypeError(f"{name} must be a dataset with tensors .x and .y (certify.data.ImageDataset) or an (x, y) pair")
+        raise TypeError(f"{name} must be a dataset with tensors .x and .y (certify.data.ImageDataset) or an "
+                        "(x, y) pair")
     if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
         raise TypeError(f"{name}: x and y must be tensors")
     if x.shape[0] != y.shape[0] or x.shape[0] == 0 or y.ndim != 1:
@@ -1047,7 +1047,8 @@ def compare(radius_report, *, sigma: float = 1.0, radii: Sequence[float] | None 
     if norm != "l2":
         raise ValueError(f"norm must be 'l2' (the Gaussian-mixture reference is an l2 result), got {norm!r}")
     if not hasattr(radius_report, "certified_accuracy"):
-        raise TypeError("radius_report must provide certified_accuracy(radii, norm=...) (a certify.reports.RadiusReport)")
+        raise TypeError("radius_report must provide certified_accuracy(radii, norm=...) "
+                        "(a certify.reports.RadiusReport)")
     try:
         sigma = float(sigma)
     except (TypeError, ValueError):

@@ -329,7 +329,6 @@ def test_torchvision_and_module_callable_architectures(files, tmp_path, capsys, 
     assert json.loads((out / "run.json").read_text())["arch_kwargs"] == {"width": 8}
 
 
-@pytest.mark.slow
 def test_torchvision_resnet18_from_the_cli(tmp_path):
     net = load_arch("torchvision:resnet18", kwargs={"num_classes": 10})
     torch.save(net.state_dict(), tmp_path / "r18.pt")

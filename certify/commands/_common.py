@@ -291,7 +291,6 @@ def check_model_and_data(model: Any, dataset: Any, *, index: int = 0, num_classe
     import torch
 
     from certify._modes import eval_mode
-
     from certify.models import Normalized
 
     x = dataset[index][0]

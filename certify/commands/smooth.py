@@ -15,9 +15,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "certify a dataset with a Gaussian-smoothed classifier (Cohen et al.; optional first-order radii)"
-
-
 from certify.commands._common import (  # noqa: F401 - the argparse types, re-exported for old imports
     add_model_arguments,
     add_run_arguments,
@@ -26,6 +23,8 @@ from certify.commands._common import (  # noqa: F401 - the argparse types, re-ex
     positive_int,
     probability,
 )
+
+HELP = "certify a dataset with a Gaussian-smoothed classifier (Cohen et al.; optional first-order radii)"
 
 
 def add_budget_arguments(p: argparse.ArgumentParser, *, n_estimate: int) -> None:
