@@ -17,7 +17,8 @@ units) and ``y`` an int64 tensor of labels. Nothing is downloaded; the sources a
   0..255, and ``y`` (N,) integer labels (optionally ``classes``); per-split arrays ``x_<split>`` /
   ``y_<split>`` are used when present.
 * a path to an image folder in torchvision ``ImageFolder`` layout (``root/<class>/<image>``, or
-  ``root/<split>/<class>/<image>``); all images must have the same size.
+  ``root/<split>/<class>/<image>``); all images must have the same size. Class folders named by integers
+  keep that integer as their label, other names are numbered in sorted order (``class_to_idx``).
 
 Decoded arrays are cached in-process only; nothing is written to disk.
 
@@ -487,31 +488,22 @@ def _folder_classes(folder: Path) -> tuple[tuple[str, ...], dict[str, int]]:
 
 
 def _load_image_folder(path: Path, split: str) -> ImageDataset:
-    from torchvision.datasets import ImageFolder
-    from torchvision.transforms.functional import pil_to_tensor
-
     folder = path / split if (path / split).is_dir() else path
     classes, mapping = _folder_classes(folder)
-
-    class _Folder(ImageFolder):
-        def find_classes(self, directory):  # noqa: ARG002 - our mapping, not torchvision's alphabetical one
-            return sorted(mapping, key=mapping.__getitem__), dict(mapping)
-
-    try:
-        ds = _Folder(str(folder), loader=_pil_loader, allow_empty=True,
-                     is_valid_file=lambda p: p.lower().endswith(_IMAGE_EXTENSIONS))
-    except FileNotFoundError as exc:
-        raise ValueError(f"{folder}: not an image folder (expected root/<class>/<image>): {exc}") from exc
-    if len(ds) == 0:
+    samples = []  # (label, file) sorted by label, then file name
+    for name, label in mapping.items():
+        for dirpath, _, filenames in os.walk(folder / name, followlinks=True):
+            samples += [(label, os.path.join(dirpath, f)) for f in filenames if f.lower().endswith(_IMAGE_EXTENSIONS)]
+    samples.sort()
+    if not samples:
         raise ValueError(f"{folder}: no images found (extensions {', '.join(_IMAGE_EXTENSIONS)})")
-    samples = sorted(ds.samples, key=lambda item: (item[1], item[0]))  # by label, then file name
     images, labels = [], []
-    for file, label in samples:
+    for label, file in samples:
         try:
-            t = pil_to_tensor(_pil_loader(file))  # uint8 (C, H, W)
+            arr = np.asarray(_pil_loader(file), dtype=np.uint8)
         except OSError as exc:
             raise ValueError(f"{file}: not a readable image ({exc})") from None
-        images.append(t)
+        images.append(torch.from_numpy(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy()))
         labels.append(label)
     channels = {t.shape[0] for t in images}
     if channels == {1, 3}:  # mix of grayscale and colour: make everything RGB
@@ -521,5 +513,5 @@ def _load_image_folder(path: Path, split: str) -> ImageDataset:
         raise ValueError(f"{folder}: all images must have the same size, found {sorted(sizes)[:5]}")
     x = torch.stack(images).to(torch.float32) / 255.0
     y = torch.tensor(labels, dtype=torch.int64)
-    files = tuple(os.path.relpath(p, folder) for p, _ in samples)
+    files = tuple(os.path.relpath(f, folder) for _, f in samples)
     return ImageDataset(name=str(folder), x=x, y=y, classes=classes, files=files, class_to_idx=mapping)

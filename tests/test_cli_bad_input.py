@@ -181,11 +181,11 @@ def test_smooth_refuses_inputs_that_are_not_pixels_in_0_1(method):
     smooth = Smooth(nn.Sequential(nn.Flatten(), nn.Linear(4, 3)), num_classes=3, sigma=0.25)
     call = (lambda x: smooth.certify(x, n_select=10, n_estimate=20, alpha=0.01)) if method == "certify" else \
         (lambda x: smooth.predict(x, n=20, alpha=0.01))
-    x = torch.rand(1, 2, 2)
+    x = torch.linspace(0.0, 1.0, 4).reshape(1, 2, 2)
     with pytest.raises(ValueError, match=r"pixel values in \[0, 1\].*255"):
         call(x * 255)                                               # 0-255 floats
     with pytest.raises(ValueError, match=r"pixel values in \[0, 1\].*Normalized"):
-        call((x - 0.5) / 0.5 - 0.01)                                # normalised inputs
+        call((x - 0.5) / 0.5)                                       # normalised inputs
     with pytest.raises(TypeError, match="integer dtype"):
         call((x * 255).to(torch.uint8))                             # uint8 tensors
     with pytest.raises(TypeError, match="integer dtype"):
@@ -294,7 +294,7 @@ def test_synbench_checks_come_before_the_compute(files, tmp_path, capsys):
 def test_normalized_is_pixel_units(files, tmp_path, capsys):
     inner = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
     net = models.Normalized(inner, mean=[0.5], std=[0.25])
-    x = torch.rand(2, 1, 8, 8)
+    x = torch.linspace(0.0, 1.0, 128).reshape(2, 1, 8, 8)
     assert torch.allclose(net(x), inner((x - 0.5) / 0.25))
     with pytest.raises(ValueError, match="std"):
         models.Normalized(inner, mean=[0.5], std=[0.0])
