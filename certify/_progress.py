@@ -10,11 +10,13 @@ import contextlib
 import logging
 import sys
 import time
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
 
 logger = logging.getLogger("certify.progress")
 
-__all__ = ["progress", "LOG_EVERY_S"]
+__all__ = ["progress", "track", "LOG_EVERY_S"]
 
 #: off a terminal, one log line at least this often (seconds) while work is done
 LOG_EVERY_S = 30.0
@@ -95,3 +97,18 @@ def progress(*, total: int | None, desc: str, unit: str = "it", initial: int = 0
         yield bar
     finally:
         bar.close()
+
+
+def track(iterable: Iterable[T], *, desc: str, total: int | None = None, unit: str = "it",
+          enabled: bool = True) -> Iterator[T]:
+    """Iterate over ``iterable`` reporting through :func:`progress` (``total`` defaults to ``len(iterable)``).
+
+    >>> list(track(range(3), desc="x", enabled=False))
+    [0, 1, 2]
+    """
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)  # type: ignore[arg-type]
+    with progress(total=total, desc=desc, unit=unit, enabled=enabled) as bar:
+        for item in iterable:
+            yield item
+            bar.update(1)

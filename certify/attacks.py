@@ -29,7 +29,6 @@ import dataclasses
 import logging
 import math
 import numbers
-import sys
 import time
 from typing import Any, Iterator
 
@@ -292,10 +291,9 @@ def _assert_feasible(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str
 
 
 def _progress(iterable, *, total: int, desc: str, verbose: bool):
-    from tqdm.auto import tqdm
+    from certify._progress import track  # tqdm on a terminal, periodic log lines elsewhere
 
-    disable = (not verbose) or not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
-    return tqdm(iterable, total=total, desc=desc, disable=disable, leave=False)
+    return track(iterable, desc=desc, total=total, enabled=verbose)
 
 
 # --------------------------------------------------------------------------------------------------

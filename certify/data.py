@@ -500,10 +500,10 @@ def _load_image_folder(path: Path, split: str) -> ImageDataset:
     images, labels = [], []
     for label, file in samples:
         try:
-            arr = np.asarray(_pil_loader(file), dtype=np.uint8)
+            arr = np.array(_pil_loader(file), dtype=np.uint8)  # a writable copy
         except OSError as exc:
             raise ValueError(f"{file}: not a readable image ({exc})") from None
-        images.append(torch.from_numpy(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy()))
+        images.append(torch.from_numpy(np.ascontiguousarray(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))))
         labels.append(label)
     channels = {t.shape[0] for t in images}
     if channels == {1, 3}:  # mix of grayscale and colour: make everything RGB

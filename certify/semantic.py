@@ -53,7 +53,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -1145,11 +1144,9 @@ def _model_fingerprint(model: nn.Module) -> str:
 
 
 def _progress(iterable: Any, total: int, verbose: bool, desc: str):
-    if not verbose or not sys.stderr.isatty():
-        return iterable
-    from tqdm import tqdm
+    from certify._progress import track  # tqdm on a terminal, periodic log lines elsewhere
 
-    return tqdm(iterable, total=total, desc=desc)
+    return track(iterable, desc=desc, total=total, enabled=verbose)
 
 
 def semantic_report(model: nn.Module, dataset: Any, perturbations: Sequence[Any], *, out: str | os.PathLike,

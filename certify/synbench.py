@@ -142,14 +142,10 @@ def _input_shape(value) -> tuple[int, ...]:
 
 
 def _progress(iterable, *, verbose: bool, desc: str, total: int | None = None):
-    """Iterate with :func:`certify._progress.progress` (tqdm on a terminal, periodic log lines elsewhere)."""
-    from certify._progress import progress
+    """Iterate with :func:`certify._progress.track` (tqdm on a terminal, periodic log lines elsewhere)."""
+    from certify._progress import track
 
-    items = list(iterable)
-    with progress(total=len(items) if total is None else total, desc=desc, enabled=verbose) as bar:
-        for item in items:
-            yield item
-            bar.update(1)
+    return track(iterable, desc=desc, total=total, enabled=verbose)
 
 
 # ----------------------------------------------------------------------------------------------
