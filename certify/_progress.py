@@ -10,9 +10,7 @@ import contextlib
 import logging
 import sys
 import time
-from typing import Any, Iterable, Iterator, TypeVar
-
-T = TypeVar("T")
+from typing import Any, Iterator
 
 logger = logging.getLogger("certify.progress")
 
@@ -99,15 +97,8 @@ def progress(*, total: int | None, desc: str, unit: str = "it", initial: int = 0
         bar.close()
 
 
-def track(iterable: Iterable[T], *, desc: str, total: int | None = None, unit: str = "it",
-          enabled: bool = True) -> Iterator[T]:
-    """Iterate over ``iterable`` reporting through :func:`progress` (``total`` defaults to ``len(iterable)``).
-
-    >>> list(track(range(3), desc="x", enabled=False))
-    [0, 1, 2]
-    """
-    if total is None and hasattr(iterable, "__len__"):
-        total = len(iterable)  # type: ignore[arg-type]
+def track(iterable: Any, *, total: int | None, desc: str, unit: str = "it", enabled: bool = True) -> Iterator[Any]:
+    """Yield the items of ``iterable``, counting each one as done when the next is asked for (see :func:`progress`)."""
     with progress(total=total, desc=desc, unit=unit, enabled=enabled) as bar:
         for item in iterable:
             yield item

@@ -27,7 +27,7 @@ __all__ = [
     "positive_int", "nonnegative_int", "positive_float", "probability", "float_list", "shape_arg", "json_object",
     "add_shared_flags", "add_model_arguments", "add_run_arguments", "LoadedModel", "load_model", "load_data",
     "check_model_and_data", "check_out", "default_out", "run_record", "set_summary",
-    "check_resume_flags", "prepare_smoothing",
+    "check_resume_flags", "prepare_smoothing", "add_to_run_json",
 ]
 
 
@@ -366,6 +366,15 @@ def run_record(args: argparse.Namespace, loaded: LoadedModel | None = None, data
     if dataset is not None and getattr(dataset, "class_to_idx", None):
         record["class_to_idx"] = dict(dataset.class_to_idx)
     return record
+
+
+def add_to_run_json(out: str | os.PathLike, record: dict[str, Any]) -> None:
+    """Merge ``record`` into ``out/run.json`` (for runs whose run.json a library function writes)."""
+    from certify._jsonio import atomic_write_json
+
+    path = Path(out) / "run.json"
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    atomic_write_json(path, {**saved, **record})
 
 
 def set_summary(args: argparse.Namespace, summary: dict[str, Any]) -> None:
