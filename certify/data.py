@@ -440,9 +440,23 @@ def _labels_to_tensor(y: np.ndarray, n: int, source: str) -> torch.Tensor:
     return torch.from_numpy(y.astype(np.int64))
 
 
+def _open_npz(path: Path):
+    import zipfile
+    import zlib
+
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError) as exc:
+        raise ValueError(f"{path}: not a readable .npz archive (numpy.savez; truncated or another format?): "
+                         f"{exc}") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path}: holds a single array, not an .npz archive with arrays x and y (numpy.savez)")
+    return npz
+
+
 def _load_npz(path: Path, split: str) -> ImageDataset:
     source = str(path)
-    with np.load(path, allow_pickle=False) as npz:
+    with _open_npz(path) as npz:
         keys = set(npz.files)
         if f"x_{split}" in keys and f"y_{split}" in keys:
             x_key, y_key = f"x_{split}", f"y_{split}"

@@ -148,6 +148,22 @@ def test_load_dataset_rejects_empty_sets_labels_and_mixed_sizes(files, tmp_path,
     _exit2(capsys, _smooth(files, tmp_path / "r", data=str(empty)), "--data", "no class folders")
 
 
+def test_unreadable_data_files(files, tmp_path, capsys):
+    good = (files / "ok.npz").read_bytes()
+    (tmp_path / "truncated.npz").write_bytes(good[: len(good) // 2])
+    (tmp_path / "random.npz").write_bytes(bytes(range(256)) * 4)
+    np.save(tmp_path / "single.npy", np.zeros(3))
+    (tmp_path / "single.npy").rename(tmp_path / "single.npz")
+    for name in ("truncated.npz", "random.npz", "single.npz"):
+        _exit2(capsys, _smooth(files, tmp_path / "r", data=str(tmp_path / name)), "--data", name, ".npz")
+        with pytest.raises(ValueError, match=r"\.npz"):
+            load_dataset(tmp_path / name)
+    folder = _pil_folder(tmp_path / "imgs", {"0": [(8, 8)]})
+    (folder / "0" / "broken.png").write_bytes(b"not a png")
+    _exit2(capsys, _smooth(files, tmp_path / "r", data=str(folder)), "--data", "broken.png", "not a readable image")
+    assert not (tmp_path / "r").exists()
+
+
 def test_image_folder_integer_names_keep_their_label(files, tmp_path):
     only_3_7 = load_dataset(_pil_folder(tmp_path / "a", {"3": [(8, 8)] * 2, "7": [(8, 8)]}))
     assert only_3_7.y.tolist() == [3, 3, 7] and only_3_7.class_to_idx == {"3": 3, "7": 7}
