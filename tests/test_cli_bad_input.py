@@ -448,3 +448,19 @@ def test_default_out_is_the_same_rule_everywhere(files, tmp_path, monkeypatch):
     argv = [a for a in argv if a not in ("--N0", "10")]
     assert cli.main(argv) == 0
     assert (tmp_path / "runs" / "predict_tiny_sigma0.25" / "rows.tsv").is_file()
+
+
+def test_synbench_resume_reuses_its_result_and_refuses_other_settings(files, tmp_path, capsys):
+    out = tmp_path / "sb"
+    argv = ["synbench", "--checkpoint", str(files / "tiny.pt"), "--arch", f"{files / 'tinynets.py'}:TinyNet",
+            "--input-shape", "1,8,8", "--quick", "--n-train", "64", "--n-test", "64", "--eps", "0", "--out", str(out)]
+    assert cli.main(["-q", *argv, "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    run = json.loads((out / "run.json").read_text())
+    assert run["checkpoint_sha256"] == file_sha256(files / "tiny.pt") and run["n_train"] == 64
+    saved = (out / "synbench.json").read_text()
+    assert cli.main(["-q", *argv, "--json"]) == 0                      # resumed: the saved result is reused
+    assert json.loads(capsys.readouterr().out)["synbench"] == first["synbench"]
+    assert (out / "synbench.json").read_text() == saved
+    _exit2(capsys, ["-q", *argv, "--seed", "1"], "cannot resume", "seed: saved 0 != now 1")
+    _exit2(capsys, ["-q", *argv, "--no-resume"], "--no-resume", "--overwrite")

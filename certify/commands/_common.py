@@ -179,7 +179,9 @@ class LoadedModel:
 
     @property
     def stem(self) -> str:
-        return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(self.name).stem)
+        """A short name for default output directories: the shipped name, or the checkpoint file's stem."""
+        name = Path(self.name).stem if self.checkpoint_path == self.name else self.name
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -303,9 +305,11 @@ def check_model_and_data(model: Any, dataset: Any, *, index: int = 0, num_classe
     if expected is not None and tuple(expected) != shape:
         raise ValueError(f"{data_flag}: {dataset.name} has images of shape {shape} (C, H, W); the model takes "
                          f"{tuple(expected)}")
+    device = next((t.device for t in model.parameters()), torch.device("cpu")) \
+        if isinstance(model, torch.nn.Module) else torch.device("cpu")
     try:
         with torch.no_grad(), eval_mode(model):
-            logits = model(torch.as_tensor(x).unsqueeze(0))
+            logits = model(torch.as_tensor(x).unsqueeze(0).to(device))
     except Exception as exc:  # noqa: BLE001 - the user's model rejects the input: report it on one line
         raise ValueError(f"{data_flag}: the model cannot take {dataset.name}'s images of shape {shape} (C, H, W) "
                          f"({type(exc).__name__}: {_first_line(exc)})") from None
