@@ -15,6 +15,7 @@ from certify.commands._common import (
     check_out,
     check_resume_flags,
     positive_int,
+    run_record,
     set_summary,
 )
 from certify.commands.smooth import add_budget_arguments, print_report
@@ -38,6 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from certify import models
     from certify.data import load_dataset
+    from certify.rundir import file_sha256
     from certify.runs import certify_dataset, terminate_as_interrupt
     from certify.smoothing import Smooth
 
@@ -56,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
             smooth, dataset, out=out, resume=args.resume, overwrite=args.overwrite, n_select=args.n_select,
             n_estimate=args.n_estimate, alpha=args.alpha, batch_size=args.batch_size, seed=args.seed,
             first_order=args.first_order, skip=args.skip, max_examples=args.n, verbose=not args.quiet,
-            checkpoint=CHECKPOINT, dataset_name=dataset.name)
+            checkpoint=CHECKPOINT, dataset_name=dataset.name,
+            record={**run_record(args), "arch": info.get("arch"),
+                    "checkpoint_sha256": file_sha256(models.ZOO_DIR / f"{CHECKPOINT}.pt")})
     frame = report.to_frame()
     cols = ["idx", "label", "predict", "abstained", "radius"] + [c for c in ("radius_l2", "radius_l1", "radius_linf")
                                                                   if c in frame.columns]
