@@ -226,13 +226,9 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -
     mismatched = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
                         for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
     if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected}")
-        if mismatched:
-            parts.append(f"shape mismatches {mismatched}")
+        parts = [f"{what} {items[:6]}" + (f" and {len(items) - 6} more" if len(items) > 6 else "")
+                 for what, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                                     ("shape mismatches", mismatched)) if items]
         raise ArchitectureError(f"checkpoint {source} does not fit the architecture: " + "; ".join(parts))
     model.load_state_dict(state)
 
