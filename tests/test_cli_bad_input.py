@@ -464,3 +464,9 @@ def test_synbench_resume_reuses_its_result_and_refuses_other_settings(files, tmp
     assert (out / "synbench.json").read_text() == saved
     _exit2(capsys, ["-q", *argv, "--seed", "1"], "cannot resume", "seed: saved 0 != now 1")
     _exit2(capsys, ["-q", *argv, "--no-resume"], "--no-resume", "--overwrite")
+
+
+def test_train_checks_its_out_file_before_training(tmp_path, capsys):
+    base = ["-q", "train", "--arch", "digits_mlp", "--data", "digits", "--epochs", "1"]
+    _exit2(capsys, base + ["--out", str(tmp_path)], "--out", "is a directory")
+    _exit2(capsys, base + ["--out", "/proc/certify_cannot_write_here/m.pt"], "--out", "not writable")
