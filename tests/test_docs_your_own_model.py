@@ -4,6 +4,7 @@ Blocks: ```python file=NAME``` writes NAME; ```python``` is executed (one namesp
 ``certify ...`` commands (``\\`` continues a line; a leading ``PYTHONPATH=.`` is the folder itself, which is on
 ``sys.path`` here), each run through :func:`certify.cli.main` and required to exit with 0.
 """
+import json
 import re
 import shlex
 import sys
@@ -43,10 +44,22 @@ def test_the_doc_has_every_part():
         assert needle in text, needle
 
 
-def test_every_block_runs_in_order(tmp_path, monkeypatch, capsys):
+def test_every_block_runs_in_order(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "my_net", raising=False)
+    try:
+        ran = _run_blocks(tmp_path)
+    finally:
+        sys.modules.pop("my_net", None)     # imported from tmp_path by the doc's blocks
+    assert ran == len(blocks())
+    assert json.loads((tmp_path / "runs/mine_folder/run.json").read_text())["class_to_idx"] == {"3": 3, "7": 7}
+    assert "img0.png" in (tmp_path / "runs/mine_folder/rows.tsv").read_text()
+    assert (tmp_path / "runs/mine/rows.tsv").is_file() and (tmp_path / "runs/resnet18/rows.tsv").is_file()
+    assert json.loads((tmp_path / "runs/width64/run.json").read_text())["arch_kwargs"] == {"width": 64}
+
+
+def _run_blocks(tmp_path: Path) -> int:
     ran = 0
     for kind, info, body in blocks():
         if kind == "python" and info.startswith("file="):
@@ -59,10 +72,4 @@ def test_every_block_runs_in_order(tmp_path, monkeypatch, capsys):
         else:  # pragma: no cover - the doc uses only these kinds
             pytest.fail(f"unexpected block kind {kind!r}")
         ran += 1
-    assert ran == len(blocks())
-    import json
-
-    assert json.loads((tmp_path / "runs/mine_folder/run.json").read_text())["class_to_idx"] == {"3": 3, "7": 7}
-    assert "img0.png" in (tmp_path / "runs/mine_folder/rows.tsv").read_text()
-    assert (tmp_path / "runs/mine/rows.tsv").is_file() and (tmp_path / "runs/resnet18/rows.tsv").is_file()
-    assert json.loads((tmp_path / "runs/width64/run.json").read_text())["arch_kwargs"] == {"width": 64}
+    return ran
