@@ -470,3 +470,7 @@ def test_train_checks_its_out_file_before_training(tmp_path, capsys):
     base = ["-q", "train", "--arch", "digits_mlp", "--data", "digits", "--epochs", "1"]
     _exit2(capsys, base + ["--out", str(tmp_path)], "--out", "is a directory")
     _exit2(capsys, base + ["--out", "/proc/certify_cannot_write_here/m.pt"], "--out", "not writable")
+
+
+def test_study_checks_its_out_before_computing(files, capsys):
+    _exit2(capsys, ["-q", "study", "--quick", "--out", str(files / "a_file")], "--out", "is a file")
