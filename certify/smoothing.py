@@ -49,7 +49,7 @@ from certify._modes import eval_mode as _eval_mode
 
 from estimators.confidence import AlphaBudget, binomial_test_pvalue, check_alpha, clopper_pearson_lower
 from estimators.gradient import GradientBounds, gradient_bound_names, gradient_bounds
-from estimators.lattice import grid_indices, lattice_input, lattice_noise, sample_lattice, total_variation
+from estimators.lattice import LatticeSource, grid_indices, lattice_noise, total_variation
 from estimators.radius import (
     channel_radius_first_order,
     cohen_radius,
@@ -274,10 +274,7 @@ class Smooth:
     def _sample(self, x, *, n, batch_size, seed, target=None):
         source = None
         if self.lattice is not None:
-            lattice, u, dtype = self.lattice, grid_indices(x), self.dtype
-
-            def source(b: int, generator: torch.Generator) -> torch.Tensor:
-                return lattice_input(sample_lattice(u, b, lattice, generator), lattice, dtype)
+            source = LatticeSource(grid_indices(x), self.lattice, self.dtype, min(batch_size, n))
         return sample_noise(self.model, x, sigma=self.sigma, n=n, num_classes=self.num_classes,
                             batch_size=batch_size, seed=seed, target=target, input_dtype=self.dtype,
                             noise_source=source)

@@ -52,6 +52,8 @@ __all__ = [
     "grid_indices",
     "sample_lattice",
     "lattice_input",
+    "lattice_work_buffers",
+    "LatticeSource",
     "total_variation",
 ]
 
@@ -180,28 +182,59 @@ def grid_indices(x: torch.Tensor, *, levels: int = GRID_LEVELS) -> torch.Tensor:
     return u.to(torch.int64)
 
 
-def sample_lattice(u: torch.Tensor, n: int, noise: LatticeNoise, generator: torch.Generator) -> torch.Tensor:
+def sample_lattice(u: torch.Tensor, n: int, noise: LatticeNoise, generator: torch.Generator, *,
+                   out: torch.Tensor | None = None, work: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
     """n noisy integer inputs v = clip(u + j, -margin, levels + margin), shape (n, *u.shape), int32.
 
     One uniform 62-bit integer per coordinate from ``generator`` (on u's device); j from a table indexed by
     its top 18 bits, or by binary search in the thresholds when that bucket straddles a threshold (the same
-    j either way: the table only caches the search). Deterministic for a given generator state.
+    j either way: the table only caches the search). Deterministic for a given generator state; on CPU the
+    rows do not depend on how n is split into calls. ``out`` (int32, (n, *u.shape)) and ``work`` (from
+    :func:`lattice_work_buffers`) are optional buffers to reuse.
     """
     thr, table = noise.tables(u.device)
-    draws = torch.randint(0, 2 ** THRESHOLD_BITS, (n * u.numel(),), generator=generator, device=u.device,
-                          dtype=torch.int64)
-    j = torch.index_select(table, 0, draws >> (THRESHOLD_BITS - _TABLE_BITS))
+    m = n * u.numel()
+    draws, bucket, j = work if work is not None else lattice_work_buffers(m, u.device)
+    draws, bucket, j = draws[:m], bucket[:m], j[:m]
+    torch.randint(0, 2 ** THRESHOLD_BITS, (m,), generator=generator, device=u.device, dtype=torch.int64, out=draws)
+    torch.bitwise_right_shift(draws, THRESHOLD_BITS - _TABLE_BITS, out=bucket)
+    torch.index_select(table, 0, bucket, out=j)
     near = (j == _STRADDLE).nonzero(as_tuple=True)[0]
     if near.numel():
         j[near] = (torch.searchsorted(thr, draws[near], right=True) - noise.offset).to(torch.int32)
-    v = j.view(n, *u.shape) + u.to(torch.int32)
-    return v.clamp_(noise.low, noise.high)
+    if out is None:
+        out = torch.empty((n, *u.shape), dtype=torch.int32, device=u.device)
+    torch.add(j.view(n, *u.shape), u.to(torch.int32), out=out)
+    return out.clamp_(noise.low, noise.high)
 
 
-def lattice_input(v: torch.Tensor, noise: LatticeNoise, dtype: torch.dtype) -> torch.Tensor:
+def lattice_work_buffers(size: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Scratch buffers for :func:`sample_lattice` of up to ``size`` coordinates (draws, buckets, j)."""
+    return (torch.empty(size, dtype=torch.int64, device=device), torch.empty(size, dtype=torch.int64, device=device),
+            torch.empty(size, dtype=torch.int32, device=device))
+
+
+class LatticeSource:
+    """``noise_source`` for :func:`estimators.sampling.sample_noise`: batches of model inputs fl(v / levels)
+    (cast to ``dtype``) for the grid point with integer coordinates ``u``, reusing its buffers."""
+
+    def __init__(self, u: torch.Tensor, noise: LatticeNoise, dtype: torch.dtype, batch_size: int):
+        self.u, self.noise, self.dtype = u, noise, dtype
+        self.work = lattice_work_buffers(batch_size * u.numel(), u.device)
+        self.v = torch.empty((batch_size, *u.shape), dtype=torch.int32, device=u.device)
+        self.y = torch.empty((batch_size, *u.shape), dtype=torch.float32, device=u.device)
+
+    def __call__(self, b: int, generator: torch.Generator) -> torch.Tensor:
+        v = sample_lattice(self.u, b, self.noise, generator, out=self.v[:b], work=self.work)
+        return lattice_input(v, self.noise, self.dtype, out=self.y[:b])
+
+
+def lattice_input(v: torch.Tensor, noise: LatticeNoise, dtype: torch.dtype, *,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
     """The model input fl(v / levels): v converted exactly to float32 (|v| < 2^24), one correctly rounded
     division, then cast to ``dtype`` (a deterministic function of v for every dtype)."""
-    y = v.to(torch.float32).div_(float(noise.levels))
+    y = v.to(torch.float32) if out is None else out.copy_(v)
+    y = y.div_(float(noise.levels))
     return y if dtype == torch.float32 else y.to(dtype)
 
 

@@ -8,6 +8,7 @@ import torch
 from scipy import special, stats
 
 from certify.smoothing import Smooth
+from conftest import needs_fmnist
 from estimators.lattice import (
     GRID_LEVELS,
     THRESHOLD_BITS,
@@ -219,3 +220,35 @@ def test_half_precision_model_with_sound_noise():
     cert = Smooth(model, num_classes=2, sigma=0.25, sound=True).certify(x, n_select=16, n_estimate=64,
                                                                         alpha=0.01, seed=0)
     assert cert.sound and cert.model_dtype == "float16"
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def test_cli_sound_rejects_off_grid_data_and_first_order(tmp_path, capsys):
+    from certify import cli
+
+    base = ["-q", "smooth", "--pretrained", "digits_mlp", "--sigma", "0.25", "--n-estimate", "50", "--max", "1",
+            "--sound", "--out", str(tmp_path / "r")]
+    for extra in ([], ["--first-order"]):
+        with pytest.raises(SystemExit) as info:
+            cli.main(base + extra)
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert "--sound" in err and ("grid" in err or "first-order" in err) and "Traceback" not in err
+    assert not (tmp_path / "r" / "rows.tsv").exists()
+
+
+@needs_fmnist
+def test_cli_sound_run_records_the_setting(tmp_path, capsys):
+    import json
+
+    from certify import cli
+
+    out = tmp_path / "s"
+    assert cli.main(["-q", "smooth", "--pretrained", "fmnist_cnn_sigma0.25", "--n-estimate", "200", "--max", "2",
+                     "--batch-size", "200", "--sound", "--out", str(out)]) == 0
+    assert json.loads((out / "run.json").read_text())["sound"] is True
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:  # resuming without --sound mixes settings: refused
+        cli.main(["-q", "smooth", "--pretrained", "fmnist_cnn_sigma0.25", "--n-estimate", "200", "--max", "2",
+                  "--batch-size", "200", "--out", str(out)])
+    assert info.value.code == 2 and "sound" in capsys.readouterr().err

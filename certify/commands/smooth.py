@@ -98,6 +98,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_budget_arguments(p, n_estimate=10_000)
     p.add_argument("--first-order", action="store_true",
                    help="also certify l2/l1/l-inf/per-channel radii with first-order information")
+    p.add_argument("--sound", action="store_true",
+                   help="floating-point sound noise (Voracek & Hein 2023): inputs on the 1/255 grid, noise drawn "
+                        "exactly on that lattice; zeroth order only")
     p.add_argument("--start", type=nonnegative_int, default=0, help="first example index (default 0)")
     p.add_argument("--skip", type=positive_int, default=1, help="certify every SKIP-th example (default 1)")
     p.add_argument("--max", dest="max_examples", type=positive_int, default=None, metavar="N",
@@ -172,6 +175,19 @@ def print_report(report, out: Path | None, *, examples: int | None = None) -> No
         print(f"wrote {out}/rows.tsv, run.json, summary.json, report.md, certified_accuracy.png")
 
 
+def _check_sound(args: argparse.Namespace, dataset) -> None:
+    import torch
+
+    from estimators.lattice import grid_indices
+
+    if args.first_order:
+        raise ValueError("--sound: not available with --first-order (first-order bounds need continuous noise)")
+    try:
+        grid_indices(torch.as_tensor(dataset[args.start][0]).to(torch.float32))
+    except ValueError as exc:
+        raise ValueError(f"--sound: {exc}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from certify.runs import certify_dataset, terminate_as_interrupt
     from certify.smoothing import Smooth
@@ -193,11 +209,13 @@ def run(args: argparse.Namespace) -> int:
     if args.start >= len(dataset):
         raise ValueError(f"--start: must be < the dataset size {len(dataset)}, got {args.start}")
     check_num_classes(model, dataset[args.start][0], num_classes)
+    if args.sound:
+        _check_sound(args, dataset)
     if args.overwrite and args.resume:
         raise ValueError("--overwrite: only with --no-resume (it deletes the rows already in --out)")
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(model_name).stem)
     out = Path(args.out) if args.out else Path("runs") / f"smooth_{stem}_sigma{sigma:g}"
-    smooth = Smooth(model, num_classes=num_classes, sigma=sigma)
+    smooth = Smooth(model, num_classes=num_classes, sigma=sigma, sound=args.sound)
     with terminate_as_interrupt():
         report = certify_dataset(
             smooth, dataset, out=out, resume=args.resume, overwrite=args.overwrite, n_select=args.n_select,
