@@ -349,7 +349,7 @@ def test_certified_dual_value_accounts_for_float_rounding():
     lam = np.array([1.0, 0.5, 0.1])
     exact = _exact_dual(mp, 1.0, lam, 0.9, 0.05, 0.1)
     got = _certified_dual_value(1.0, lam, 0.9, 0.05, 0.1)
-    assert float(exact) - 1e-11 <= got <= exact
+    assert float(exact) - 1e-10 <= got <= exact  # the proven bound is refined to a 1e-10 gap by default
 
 
 def test_two_component_docstring_example():
