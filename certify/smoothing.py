@@ -214,7 +214,8 @@ class Smooth:
     model's device (first parameter/buffer; CPU for parameter-free callables); noise is drawn in float32 (float64
     for float64 models) and the noisy input cast to the model's floating dtype (float16/bfloat16 models receive
     the float32 sum rounded once). ``sound=True``: floating-point sound lattice noise for inputs on the 1/255
-    grid (see the module docstring; other inputs raise ValueError). The model is put in eval mode during sampling and every submodule's mode is restored afterwards.
+    grid (see the module docstring; other inputs raise ValueError). The model is put in eval mode during
+    sampling and every submodule's mode is restored afterwards.
     Inputs: ONE example of shape (C, H, W), a flat vector (D,), or any other shape of at most 3 axes that the
     model accepts (it receives batches (B, *shape)); a 4-D (1, C, H, W) input is squeezed to (C, H, W) and a 4-D
     batch of several examples is rejected. torch tensors or numpy arrays; converted to the noise dtype and the

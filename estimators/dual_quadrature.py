@@ -191,8 +191,8 @@ def dual_integral_lower_bound(r: float, l0: float, l1: float, l2: float, roots, 
     minus lower bound; <= tol once converged). ``roots``: approximate roots of s in [-12, 12] (only used to
     place the first breaks; any values keep the bound valid). Requires r > 0, l0, l1 >= 0, l2 > 0.
 
-    Example: ``dual_integral_lower_bound(1.0, 1.0, 0.5, 0.1, [0.94])[0]`` is within 1e-12 of the exact
-    -0.4426... (mpmath) and below it.
+    Example: ``dual_integral_lower_bound(1.0, 1.0, 0.5, 0.1, [-1.80, 0.86])`` gives (-0.23165761677, ~4e-11):
+    below the exact -0.2316576167438 (30-digit mpmath) by 2.5e-11.
     """
     if not (r > 0.0 and l0 >= 0.0 and l1 >= 0.0 and l2 > 0.0):
         raise ValueError(f"need r > 0, l0 >= 0, l1 >= 0, l2 > 0; got r={r!r}, l0={l0!r}, l1={l1!r}, l2={l2!r}")

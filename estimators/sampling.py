@@ -90,6 +90,20 @@ def _check_int(value, name: str, minimum: int = 1) -> int:
     return int(value)
 
 
+def _check_hooks(x: torch.Tensor, target, input_dtype, noise_source) -> torch.dtype:
+    """Validate ``noise_source`` / ``input_dtype`` of :func:`sample_noise`; returns the classifier input dtype."""
+    if noise_source is not None:
+        if not callable(noise_source):
+            raise TypeError(f"noise_source must be callable, got {type(noise_source).__name__}")
+        if target is not None:
+            raise ValueError("first-order sums (target) need Gaussian noise, not a noise_source")
+    if input_dtype is None:
+        return x.dtype
+    if not (isinstance(input_dtype, torch.dtype) and input_dtype.is_floating_point):
+        raise TypeError(f"input_dtype must be a floating torch.dtype, got {input_dtype!r}")
+    return input_dtype
+
+
 def sample_noise(
     classifier: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
@@ -138,14 +152,7 @@ def sample_noise(
             raise ValueError(f"target must be in [0, {num_classes}), got {target}")
         if n < 2:
             raise ValueError("first-order sums need n >= 2 (two halves)")
-        if noise_source is not None:
-            raise ValueError("first-order sums (target) need Gaussian noise, not a noise_source")
-    if noise_source is not None and not callable(noise_source):
-        raise TypeError(f"noise_source must be callable, got {type(noise_source).__name__}")
-    if input_dtype is None:
-        input_dtype = x.dtype
-    elif not (isinstance(input_dtype, torch.dtype) and input_dtype.is_floating_point):
-        raise TypeError(f"input_dtype must be a floating torch.dtype, got {input_dtype!r}")
+    input_dtype = _check_hooks(x, target, input_dtype, noise_source)
 
     shape = tuple(x.shape)
     dim = int(x.numel())

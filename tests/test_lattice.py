@@ -5,10 +5,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import needs_fmnist
 from scipy import special, stats
 
 from certify.smoothing import Smooth
-from conftest import needs_fmnist
 from estimators.lattice import (
     GRID_LEVELS,
     THRESHOLD_BITS,

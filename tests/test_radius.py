@@ -332,7 +332,7 @@ def _exact_dual(mp, r, lam, p, a, b):
                     lo, hi = (mid, hi) if (s(mid) > 0) == positive_lo else (lo, mid)
                 width = l2 / abs(r * mp.exp(r * lo - r * r / 2) - l1)
                 pts += [lo - 10 * width, lo - width, lo, lo + width, lo + 10 * width]
-        pts = sorted(set(x for x in pts if -14 <= x <= 14))
+        pts = sorted({x for x in pts if -14 <= x <= 14})
         return l0 * mp.mpf(p) - l1 * mp.mpf(a) + l2 * mp.mpf(b) + mp.quad(f, pts)
 
 
