@@ -252,3 +252,13 @@ def test_cli_sound_run_records_the_setting(tmp_path, capsys):
         cli.main(["-q", "smooth", "--pretrained", "fmnist_cnn_sigma0.25", "--n-estimate", "200", "--max", "2",
                   "--batch-size", "200", "--out", str(out)])
     assert info.value.code == 2 and "sound" in capsys.readouterr().err
+
+
+def test_sound_certificate_does_not_depend_on_the_batch_size():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    x = torch.tensor([k / 255 for k in range(0, 240, 20)])
+    smooth = Smooth(model, num_classes=3, sigma=0.5, sound=True)
+    a = smooth.certify(x, n_select=30, n_estimate=500, alpha=0.01, batch_size=7, seed=3)
+    b = smooth.certify(x, n_select=30, n_estimate=500, alpha=0.01, batch_size=1000, seed=3)
+    assert a.counts == b.counts and a.counts_select == b.counts_select and a.radius == b.radius
