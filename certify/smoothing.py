@@ -314,7 +314,9 @@ class Smooth:
            half-sample sums of z (1{f = cA} - 1/2).
         3. p_lower = Clopper-Pearson lower bound of n_A / n_estimate at level alpha (zeroth order) or
            alpha_split["p_lower"] = alpha / 2 (first order: the other half is split equally between the
-           gradient bounds, see ``alpha_split``). Abstain when p_lower <= 1/2; else radius = sigma Phi^-1(p_lower).
+           gradient bounds, see ``alpha_split``). With ``sound=True`` the lattice sampler's total-variation bound
+           (:func:`estimators.lattice.total_variation`, ~1e-13) is subtracted. Abstain when p_lower <= 1/2; else
+           radius = sigma Phi^-1(p_lower).
         4. First order: radii from (p_lower, gradient bounds) by :mod:`estimators.radius`; each is raised to at
            least the zeroth-order value for its norm.
         Seeds: the two streams use ``derive_seeds(seed, 2)``.
