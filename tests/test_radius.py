@@ -491,3 +491,16 @@ def test_exact_inputs_three_class_linear_oracle(seed):
         assert _min_wedge_probability(m, d, rho, r * (1 - 1e-9), norm_, mask) > 0.5, (norm_, k, r)
     # not vacuous: the l2 radius is close to the exact worst case over the ball
     assert _min_wedge_probability(m, d, rho, radii[("l2", None)] * 1.25, "l2") < 0.5
+
+
+def test_dual_integral_bound_rejects_bad_multipliers_and_brackets_the_integral():
+    from estimators.dual_quadrature import dual_integral_lower_bound
+
+    for bad in ((0.0, 1.0, 0.5, 0.1), (1.0, -1.0, 0.5, 0.1), (1.0, 1.0, -0.5, 0.1), (1.0, 1.0, 0.5, 0.0)):
+        with pytest.raises(ValueError, match="l2 > 0"):
+            dual_integral_lower_bound(*bad, [])
+    # the roots only place the first breaks: wrong roots cost refinement, never validity
+    good, gap = dual_integral_lower_bound(1.0, 1.0, 0.5, 0.1, [-1.7993524190701786, 0.8564229418290272])
+    wrong, _ = dual_integral_lower_bound(1.0, 1.0, 0.5, 0.1, [3.0])
+    exact = -0.231657616743798528725673050956  # 30-digit mpmath
+    assert good <= exact and wrong <= exact and exact - good <= gap + 1e-12
