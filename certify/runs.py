@@ -70,7 +70,7 @@ REPORT_FILE = "report.md"
 PLOT_FILE = "certified_accuracy.png"
 #: run.json keys that must agree between a run and its resumption (they determine the rows)
 MATCH_KEYS = ("sigma", "n_select", "n_estimate", "alpha", "seed", "batch_size", "first_order", "num_classes",
-              "checkpoint", "model_fingerprint", "dataset", "dataset_fingerprint", "seed_scheme")
+              "checkpoint", "model_fingerprint", "dataset", "dataset_fingerprint", "seed_scheme", "sound")
 SEED_SCHEME = "numpy.SeedSequence([seed, idx]) -> uint64 >> 1"
 
 
@@ -213,6 +213,7 @@ def certify_dataset(smooth: Any, dataset: Any, *, out: str | os.PathLike | None 
         "dataset_size": n_total,
         "input_shape": list(torch.as_tensor(x0).shape),
         "seed_scheme": SEED_SCHEME,
+        **({"sound": True} if getattr(smooth, "sound", False) else {}),
         "start": int(start),
         "skip": int(skip),
         "max_examples": max_examples,

@@ -48,6 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_budget_arguments(p, n_estimate=10_000)
     p.add_argument("--first-order", action="store_true",
                    help="also certify l2/l1/l-inf/per-channel radii with first-order information")
+    p.add_argument("--sound", action="store_true",
+                   help="floating-point sound noise (Voracek & Hein 2023): inputs on the 1/255 grid, noise drawn "
+                        "exactly on that lattice; zeroth order only")
     p.add_argument("--start", type=nonnegative_int, default=0, help="first example index (default 0)")
     p.add_argument("--skip", type=positive_int, default=1, help="certify every SKIP-th example (default 1)")
     add_run_arguments(p, seed_help="base seed; example idx uses a seed derived from (seed, idx) (default 0)")
@@ -70,6 +73,19 @@ def print_report(report, out: Path | None, *, examples: int | None = None) -> No
         print(f"wrote {out}/rows.tsv, run.json, summary.json, report.md, certified_accuracy.png")
 
 
+def _check_sound(args: argparse.Namespace, dataset) -> None:
+    import torch
+
+    from estimators.lattice import grid_indices
+
+    if args.first_order:
+        raise ValueError("--sound: not available with --first-order (first-order bounds need continuous noise)")
+    try:
+        grid_indices(torch.as_tensor(dataset[args.start][0]).to(torch.float32))
+    except ValueError as exc:
+        raise ValueError(f"--sound: {exc}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from certify.commands._common import prepare_smoothing, set_summary
     from certify.runs import certify_dataset, terminate_as_interrupt
@@ -77,7 +93,9 @@ def run(args: argparse.Namespace) -> int:
 
     job = prepare_smoothing(args, "smooth")
     out = job["out"]
-    smooth = Smooth(job["loaded"].model, num_classes=job["num_classes"], sigma=job["sigma"])
+    if args.sound:
+        _check_sound(args, job["dataset"])
+    smooth = Smooth(job["loaded"].model, num_classes=job["num_classes"], sigma=job["sigma"], sound=args.sound)
     with terminate_as_interrupt():
         report = certify_dataset(
             smooth, job["dataset"], out=out, resume=args.resume, overwrite=args.overwrite, n_select=args.n_select,
