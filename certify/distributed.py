@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -58,13 +58,20 @@ STARTUP_TIMEOUT_S = 300.0
 class ModelSource:
     """Where every worker loads the model from: a shipped checkpoint name, or a checkpoint file (+ architecture).
 
+    The fields are the command line's model flags (``--pretrained``, ``--checkpoint``, ``--arch``,
+    ``--arch-kwargs``, ``--trust``, ``--mean``/``--std``, ``--num-classes``); every worker loads the model with the
+    commands' own loader, so it gets exactly the driver's model (the driver checks the weights' fingerprint).
     Paths are made absolute on the driver; on a multi-node cluster they must exist on every node.
     """
 
     pretrained: str | None = None
     checkpoint: str | None = None
     arch: str | None = None
+    arch_kwargs: dict | None = None
     trust: bool = False
+    mean: tuple | None = None
+    std: tuple | None = None
+    num_classes: int | None = None
 
     def __post_init__(self) -> None:
         if (self.pretrained is None) == (self.checkpoint is None):
@@ -72,24 +79,37 @@ class ModelSource:
         if self.checkpoint is not None:
             object.__setattr__(self, "checkpoint", str(Path(self.checkpoint).expanduser().resolve()))
         if self.arch is not None and ":" in self.arch:
-            file_part, _, cls = self.arch.rpartition(":")
-            object.__setattr__(self, "arch", f"{Path(file_part).expanduser().resolve()}:{cls}")
+            file_part, _, name = self.arch.rpartition(":")
+            if file_part.endswith(".py"):
+                object.__setattr__(self, "arch", f"{Path(file_part).expanduser().resolve()}:{name}")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "ModelSource":
+        """The model flags of a parsed command line (:func:`certify.commands._common.add_model_arguments`)."""
+        def get(name: str) -> Any:
+            return getattr(args, name, None)
+
+        return cls(pretrained=get("pretrained"), checkpoint=get("checkpoint"), arch=get("arch"),
+                   arch_kwargs=get("arch_kwargs"), trust=bool(get("trust")),
+                   mean=None if get("mean") is None else tuple(get("mean")),
+                   std=None if get("std") is None else tuple(get("std")), num_classes=get("num_classes"))
 
     def files(self) -> str:
         """The files a worker needs (for error messages)."""
         if self.pretrained is not None:
             return f"shipped checkpoint {self.pretrained!r}"
-        arch_file = self.arch.rpartition(":")[0] if self.arch and ":" in self.arch else None
+        arch_file = self.arch.rpartition(":")[0] if self.arch and ".py:" in self.arch else None
         return f"{self.checkpoint}" + (f" and {arch_file}" if arch_file else "")
 
     def load(self) -> Any:
-        """The model, in eval mode, on the CPU."""
-        from certify import models
-        from certify.checkpoints import load_checkpoint
+        """The model, in eval mode, on the CPU (loaded as the commands load it)."""
+        from certify.commands._common import load_model
 
-        if self.pretrained is not None:
-            return models.pretrained(self.pretrained)
-        return load_checkpoint(str(self.checkpoint), arch=self.arch, trust=self.trust)
+        args = argparse.Namespace(pretrained=self.pretrained, checkpoint=self.checkpoint, arch=self.arch,
+                                  arch_kwargs=None if self.arch_kwargs is None else dict(self.arch_kwargs),
+                                  trust=self.trust, mean=None if self.mean is None else list(self.mean),
+                                  std=None if self.std is None else list(self.std), num_classes=self.num_classes)
+        return load_model(args).model
 
 
 # ------------------------------------------------------------------------------------------------ arguments
@@ -189,13 +209,14 @@ class SmoothingJob:
     sigma: float
     device: str
     settings: dict
+    smooth_options: dict = field(default_factory=dict)
 
     def prepare(self, model: Any) -> Any:
-        """Per worker, once: the :class:`~certify.smoothing.Smooth` around the loaded model."""
+        """Per worker, once: the :class:`~certify.smoothing.Smooth` around the loaded model (same options)."""
         import certify.runs  # noqa: F401 - imported now, not during the first example
         from certify.smoothing import Smooth
 
-        return Smooth(model, self.num_classes, self.sigma, device=self.device)
+        return Smooth(model, self.num_classes, self.sigma, device=self.device, **self.smooth_options)
 
     def run(self, state: Any, unit: int, x: Any, label: int) -> list[dict]:
         from certify.runs import certify_one
@@ -423,13 +444,14 @@ def run_on_ray(*, model: Any, source: ModelSource | None, job: Any, units: list,
 
 def certify_rows_on_ray(*, model: Any, source: ModelSource | None, dataset: Any, indices: list[int],
                         settings: dict, emit: Callable[[dict], None], workers: int, ray_address: str | None,
-                        device: str) -> dict[str, float]:
+                        device: str, smooth_options: dict | None = None) -> dict[str, float]:
     """Certify ``indices`` of ``dataset`` with a smoothed classifier on Ray workers (:func:`run_on_ray`).
 
     ``settings`` are those of :func:`certify.runs.certify_dataset` (sigma, n_select, n_estimate, alpha, seed,
-    batch_size, first_order, num_classes); every row is :func:`certify.runs.certify_one`'s.
+    batch_size, first_order, num_classes); every row is :func:`certify.runs.certify_one`'s. ``smooth_options``:
+    keyword arguments of the workers' :class:`~certify.smoothing.Smooth` (``input_range``, ``sound``).
     """
     job = SmoothingJob(num_classes=int(settings["num_classes"]), sigma=float(settings["sigma"]), device=device,
-                       settings=dict(settings))
+                       settings=dict(settings), smooth_options=dict(smooth_options or {}))
     return run_on_ray(model=model, source=source, job=job, units=list(indices), example=int, dataset=dataset,
                       emit=emit, workers=workers, ray_address=ray_address, device=device)

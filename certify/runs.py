@@ -32,7 +32,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -71,7 +71,8 @@ REPORT_FILE = "report.md"
 PLOT_FILE = "certified_accuracy.png"
 #: run.json keys that must agree between a run and its resumption (they determine the rows)
 MATCH_KEYS = ("sigma", "n_select", "n_estimate", "alpha", "seed", "batch_size", "first_order", "num_classes",
-              "checkpoint", "model_fingerprint", "dataset", "dataset_fingerprint", "seed_scheme", "device_type")
+              "checkpoint", "model_fingerprint", "dataset", "dataset_fingerprint", "seed_scheme", "sound",
+              "device_type")
 SEED_SCHEME = "numpy.SeedSequence([seed, idx]) -> uint64 >> 1"
 
 
@@ -154,7 +155,8 @@ def certify_dataset(smooth: Any, dataset: Any, *, out: str | os.PathLike | None 
                     n_select: int, n_estimate: int, alpha: float, batch_size: int = 1000, seed: int = 0,
                     first_order: bool = False, skip: int = 1, max_examples: int | None = None, start: int = 0,
                     verbose: bool = True, checkpoint: str | None = None, dataset_name: str | None = None,
-                    overwrite: bool = False, render: bool = True, device: str | torch.device | None = None,
+                    overwrite: bool = False, render: bool = True,
+                    record: Mapping[str, Any] | None = None, device: str | torch.device | None = None,
                     workers: int | None = None, ray_address: str | None = None,
                     model_source: Any = None) -> RadiusReport:
     """Certify examples of ``dataset`` with ``smooth.certify`` and collect a :class:`RadiusReport`.
@@ -172,6 +174,8 @@ def certify_dataset(smooth: Any, dataset: Any, *, out: str | os.PathLike | None 
         checkpoint, dataset_name: names recorded in run.json (default: the model's
             ``checkpoint_name`` / the dataset's ``name``).
         render: write summary.json, report.md and the plot at the end.
+        record: extra facts for run.json that do not determine the rows (command line, checkpoint SHA-256,
+            class mapping, ...); run.json also gets ``n_rows``, the rows in the directory after this call.
         device: ``"cpu"``, ``"cuda"``, ``"auto"`` or a ``torch.device`` (:func:`certify.devices.resolve_device`)
             where the model runs and the noise is drawn; default: ``smooth``'s device. The noise stream depends
             on the device type, which run.json records (a run resumes only on the same type).
@@ -210,6 +214,7 @@ def certify_dataset(smooth: Any, dataset: Any, *, out: str | os.PathLike | None 
     except TypeError:
         raise TypeError(f"dataset must support len() and indexing, got {type(dataset).__name__}") from None
     indices = select_indices(n_total, start=start, skip=skip, max_examples=max_examples)
+    _check_labels(dataset, indices, int(smooth.num_classes))
     model = getattr(smooth, "model", None)
     x0, _ = dataset[indices[0]]
     settings = {
@@ -228,6 +233,7 @@ def certify_dataset(smooth: Any, dataset: Any, *, out: str | os.PathLike | None 
         "dataset_size": n_total,
         "input_shape": list(torch.as_tensor(x0).shape),
         "seed_scheme": SEED_SCHEME,
+        **({"sound": True} if getattr(smooth, "sound", False) else {}),
         "device_type": device_type,
         "start": int(start),
         "skip": int(skip),
@@ -235,6 +241,7 @@ def certify_dataset(smooth: Any, dataset: Any, *, out: str | os.PathLike | None 
         "workers": workers,
         "ray_address": ray_address,
         "versions": versions(),
+        **{k: v for k, v in (record or {}).items() if k not in MATCH_KEYS},
     }
     if out is None:
         rows = _certify_rows(smooth, dataset, indices, settings, writer=None, verbose=verbose, parallel=parallel)
@@ -246,9 +253,20 @@ def certify_dataset(smooth: Any, dataset: Any, *, out: str | os.PathLike | None 
         todo = [i for i in indices if i not in done]
         _certify_rows(smooth, dataset, todo, settings, writer=run, verbose=verbose,
                       already=len(indices) - len(todo), parallel=parallel)
+        atomic_write_json(run.path / RUN_FILE, {**run.settings, "n_rows": len(done | set(todo))})
     if render:
         return render_run(out)
     return load_run(out)
+
+
+def _check_labels(dataset: Any, indices: Sequence[int], num_classes: int) -> None:
+    """Every selected label must lie in [0, num_classes): an out-of-range label can never be counted correct."""
+    y = getattr(dataset, "y", None)
+    labels = y[list(indices)].tolist() if isinstance(y, torch.Tensor) else [int(dataset[i][1]) for i in indices]
+    bad = [(i, lab) for i, lab in zip(indices, labels) if not 0 <= int(lab) < num_classes]
+    if bad:
+        raise ValueError(f"labels must lie in [0, {num_classes}) for num_classes={num_classes}; example {bad[0][0]} "
+                         f"has label {bad[0][1]} ({len(bad)} such examples)")
 
 
 def _on_device(smooth: Any, device: Any, *, local: bool) -> tuple[Any, str]:
@@ -270,7 +288,8 @@ def _on_device(smooth: Any, device: Any, *, local: bool) -> tuple[Any, str]:
 
     if not isinstance(smooth, Smooth):
         raise TypeError(f"device= needs smooth to be a certify.Smooth, got {type(smooth).__name__}")
-    return Smooth(smooth.model, smooth.num_classes, smooth.sigma, device=dev), dev.type
+    return Smooth(smooth.model, smooth.num_classes, smooth.sigma, input_range=smooth.input_range, sound=smooth.sound,
+                  device=dev), dev.type
 
 
 def certify_one(smooth: Any, idx: int, x: Any, label: int, settings: dict) -> dict:
@@ -293,8 +312,12 @@ def _certify_rows(smooth, dataset, indices, settings, *, writer, verbose, alread
     with progress(total=len(indices) + already, initial=already, unit="img", desc="certify",
                   enabled=verbose) as bar:
 
+        files = getattr(dataset, "files", ())
+
         def emit(row: dict) -> None:
             nonlocal correct
+            if files:
+                row["file"] = files[int(row["idx"])]
             if writer is not None:
                 writer.append(row)
             rows.append(row)
@@ -307,7 +330,9 @@ def _certify_rows(smooth, dataset, indices, settings, *, writer, verbose, alread
 
             certify_rows_on_ray(model=smooth.model, source=parallel["source"], dataset=dataset, indices=indices,
                                 settings=settings, emit=emit, workers=parallel["workers"],
-                                ray_address=parallel["ray_address"], device=settings["device_type"])
+                                ray_address=parallel["ray_address"], device=settings["device_type"],
+                                smooth_options={"input_range": getattr(smooth, "input_range", None),
+                                                "sound": bool(getattr(smooth, "sound", False))})
         else:
             for idx in indices:
                 x, label = dataset[idx]

@@ -125,6 +125,7 @@ def test_synbench_device(no_gpu):
     ["train", "--arch", "digits_mlp", "--data", "digits", "--out", "x.pt", "--epochs", "1"],
     ["synbench", "--pretrained", "digits_mlp", "--out", "sb", "--quick"],
     ["demo", "--n", "1"],
+    ["predict", "--pretrained", "digits_mlp", "--data", "digits", "--sigma", "0.25", "--max", "1"],
 ])
 def test_cli_device_cuda_without_gpu_exits_2_with_one_line(argv, no_gpu, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
