@@ -21,6 +21,7 @@ COMMANDS = {
     "report": "report",
     "train": "train",
     "study": "study",
+    "transfer": "transfer",
 }
 
 
