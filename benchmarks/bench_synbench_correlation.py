@@ -16,6 +16,7 @@ Population (default 3 architectures x 6 regimes = 18 encoders):
 
     python benchmarks/bench_synbench_correlation.py                  # full population, default sizes
     python benchmarks/bench_synbench_correlation.py --steps 150 --n-synbench 512   # reduced sizes
+    python benchmarks/bench_synbench_correlation.py --seeds 0,1 --steps 500 --full-separations --n-synbench 2048
     python benchmarks/bench_synbench_correlation.py --resume         # reuse encoders already in the JSON
 
 Writes JSON (default benchmarks/results/bench_synbench_correlation.json, updated after every encoder),
@@ -140,20 +141,20 @@ def train_supervised(model, x, y, *, regime: str, steps: int, batch_size: int, l
     return losses
 
 
-def make_encoder(arch: str, regime: str, data, args) -> tuple[nn.Module, dict]:
+def make_encoder(arch: str, regime: str, data, args, seed: int) -> tuple[nn.Module, dict]:
     x, y = data
-    model = build(arch, args.seed)
+    model = build(arch, seed)
     info: dict = {"steps": 0}
     t0 = time.perf_counter()
     if regime in ("clean", "noise", "adversarial"):
         losses = train_supervised(model, x, y, regime=regime, steps=args.steps, batch_size=args.batch_size,
-                                  lr=args.lr, seed=args.seed)
+                                  lr=args.lr, seed=seed)
         info = {"steps": args.steps, "final_loss": float(np.mean(losses[-max(1, len(losses) // 10):]))}
     elif regime in ("simclr", "adv_simclr"):
         res = contrastive.train_contrastive(
             model, x, steps=args.steps, mode="simclr" if regime == "simclr" else "adversarial",
             eps=0.0 if regime == "simclr" else ADV_EPS, pgd_steps=ADV_STEPS, batch_size=args.batch_size,
-            lr=args.lr, seed=args.seed)
+            lr=args.lr, seed=seed)
         info = {"steps": args.steps, "final_loss": res.final_loss}
     info["train_seconds"] = round(time.perf_counter() - t0, 2)
     model.eval()
@@ -185,6 +186,12 @@ def table(result: dict) -> str:
             lines.append(f"a_T = {key}: Spearman rho = {c['spearman_rho']:+.3f} (n = {c['n']}), permutation p = "
                          f"{c['permutation_p']:.4f}, 95% bootstrap interval [{c['bootstrap_95'][0]:+.2f}, "
                          f"{c['bootstrap_95'][1]:+.2f}]")
+    c = result.get("correlation_trained_only")
+    if c and "bootstrap_95" in c:
+        lines.append(f"trained encoders only (no 'untrained'), a_T = 0.7: rho = {c['spearman_rho']:+.3f} "
+                     f"(n = {c['n']}), "
+                     f"permutation p = {c['permutation_p']:.4f}, 95% bootstrap interval [{c['bootstrap_95'][0]:+.2f}, "
+                     f"{c['bootstrap_95'][1]:+.2f}]")
     for arch, c in result.get("within_architecture", {}).items():
         lines.append(f"within {arch}: rho = {c['spearman_rho']:+.3f} (n = {c['n']})")
     return "\n".join(lines)
@@ -203,13 +210,18 @@ def main(argv=None) -> int:
     p.add_argument("--n-synbench", type=int, default=1024, help="synthetic train and test samples per separation")
     p.add_argument("--full-separations", action="store_true", help="49 separations instead of 24")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default="0", help="comma-separated training seeds; one encoder per (arch, regime, seed)")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the data subsets and of SynBench's synthetic data")
     p.add_argument("--resume", action="store_true", help="keep encoders already in --out with the same settings")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" /
                                        "bench_synbench_correlation.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     archs, regimes = args.archs.split(","), args.regimes.split(",")
+    try:
+        seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
+    except ValueError:
+        p.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
     for a in archs:
         if a not in ARCHS:
             p.error(f"--archs: unknown architecture {a!r}; choose from {ARCHS}")
@@ -218,7 +230,7 @@ def main(argv=None) -> int:
             p.error(f"--regimes: unknown regime {r!r}; choose from {REGIMES}")
 
     settings = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "n_pretrain", "n_probe_train",
-                                              "n_probe_test", "n_synbench", "full_separations", "seed")}
+                                              "n_probe_test", "n_synbench", "full_separations", "seeds", "data_seed")}
     out = Path(args.out)
     done: dict[str, dict] = {}
     if args.resume and out.is_file():
@@ -228,7 +240,7 @@ def main(argv=None) -> int:
 
     train = load_dataset("fashion-mnist", split="train")
     test = load_dataset("fashion-mnist", split="test")
-    g = np.random.default_rng(args.seed)
+    g = np.random.default_rng(args.data_seed)
     perm = g.permutation(len(train))
     pre_idx = perm[: args.n_pretrain]
     probe_idx = perm[args.n_pretrain: args.n_pretrain + args.n_probe_train]
@@ -246,29 +258,30 @@ def main(argv=None) -> int:
                           "cpus": os.cpu_count(), "load_before": os.getloadavg()},
               "encoders": []}
     t_start = time.perf_counter()
-    for arch in archs:
-        for regime in regimes:
-            name = f"{arch}/{regime}"
-            if name in done:
-                result["encoders"].append(done[name])
-                continue
-            model, info = make_encoder(arch, regime, (x_pre, y_pre), args)
-            t0 = time.perf_counter()
-            syn = sb.evaluate(model, (1, 28, 28), (0.0,), n_train=args.n_synbench, n_test=args.n_synbench,
-                              separations=seps, layer="penultimate", seed=args.seed, name=name, verbose=False)
-            probe = sb.robust_probe(model, probe_train, probe_test, (0.0,), layer="penultimate", seed=args.seed,
-                                    name=name, verbose=False)
-            row = {"name": name, "arch": arch, "regime": regime, "train": info,
-                   "synbench": {str(a): syn.score(0.0, a) for a in syn.valid_thresholds()},
-                   "feature_dim": syn.feature_dim, "probe_accuracy": probe.clean_accuracy[0],
-                   "probe_converged": probe.converged[0], "eval_seconds": round(time.perf_counter() - t0, 2)}
-            result["encoders"].append(row)
-            print(f"{name:24s} score@0.7 {row['synbench']['0.7']:.3f}  probe {row['probe_accuracy']:.3f}  "
-                  f"train {info['train_seconds']:.0f} s  eval {row['eval_seconds']:.0f} s", flush=True)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(dict(result, partial=True), indent=1))
+    for arch, regime, seed in ((a, r, s) for s in seeds for a in archs for r in regimes):
+        name = f"{arch}/{regime}" + (f"/seed{seed}" if len(seeds) > 1 else "")
+        if name in done:
+            result["encoders"].append(done[name])
+            continue
+        model, info = make_encoder(arch, regime, (x_pre, y_pre), args, seed)
+        t0 = time.perf_counter()
+        syn = sb.evaluate(model, (1, 28, 28), (0.0,), n_train=args.n_synbench, n_test=args.n_synbench,
+                          separations=seps, layer="penultimate", seed=args.data_seed, name=name, verbose=False)
+        probe = sb.robust_probe(model, probe_train, probe_test, (0.0,), layer="penultimate", seed=args.data_seed,
+                                name=name, verbose=False)
+        row = {"name": name, "arch": arch, "regime": regime, "seed": seed, "train": info,
+               "synbench": {str(a): syn.score(0.0, a) for a in syn.valid_thresholds()},
+               "feature_dim": syn.feature_dim, "probe_accuracy": probe.clean_accuracy[0],
+               "probe_converged": probe.converged[0], "eval_seconds": round(time.perf_counter() - t0, 2)}
+        result["encoders"].append(row)
+        print(f"{name:24s} score@0.7 {row['synbench']['0.7']:.3f}  probe {row['probe_accuracy']:.3f}  "
+              f"train {info['train_seconds']:.0f} s  eval {row['eval_seconds']:.0f} s", flush=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(dict(result, partial=True), indent=1))
     rows = result["encoders"]
-    result["correlation"] = {a: correlation(rows, a, seed=args.seed) for a in ("0.6", "0.7", "0.8", "0.9")}
+    result["correlation"] = {a: correlation(rows, a, seed=args.data_seed) for a in ("0.6", "0.7", "0.8", "0.9")}
+    trained = [r for r in rows if r["regime"] != "untrained"]
+    result["correlation_trained_only"] = correlation(trained, "0.7", seed=args.data_seed)
     result["within_architecture"] = {
         a: {"n": len(sub), "spearman_rho": spearman([r["synbench"]["0.7"] for r in sub],
                                                     [r["probe_accuracy"] for r in sub])}
