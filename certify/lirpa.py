@@ -1,7 +1,7 @@
 """The one place that imports auto_LiRPA: compatibility shims and a small, validated bounding API.
 
 auto_LiRPA 0.3 (the version this project pins) was written for torch<1.13 and numpy<2. On the
-torch/numpy versions the project runs on, importing it needs a few shims (see DESIGN.md section 4).
+torch/numpy versions the project runs on, importing it needs a few shims (the ``_shim_*`` functions below).
 They are applied once, lazily, the first time a bound is requested - never at ``import certify``.
 
 Everything here bounds a network ``f`` over an axis-aligned input box ``[x_lower, x_upper]``:

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from certify._checks import check_int
 from certify._modes import eval_mode as _eval_mode
-
 from estimators.confidence import AlphaBudget, binomial_test_pvalue, check_alpha, clopper_pearson_lower
 from estimators.gradient import GradientBounds, gradient_bound_names, gradient_bounds
 from estimators.radius import (
@@ -146,14 +146,6 @@ class SmoothingCertificate:
 # ----------------------------------------------------------------------------------------------------------
 # validation (one place)
 # ----------------------------------------------------------------------------------------------------------
-def _positive_int(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
-    return int(value)
-
-
 def _validate(*, sigma=None, alpha=None, seed=None, **counts) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if sigma is not None:
@@ -165,10 +157,10 @@ def _validate(*, sigma=None, alpha=None, seed=None, **counts) -> dict[str, Any]:
     if alpha is not None:
         out["alpha"] = check_alpha(alpha, "alpha")
     if seed is not None:
-        out["seed"] = _positive_int(seed, "seed", 0)
+        out["seed"] = check_int("seed", seed, 0)
     for name, value in counts.items():
         minimum = 2 if name == "num_classes" else 1
-        out[name] = _positive_int(value, name, minimum)
+        out[name] = check_int(name, value, minimum)
     return out
 
 

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from certify import models as zoo
+from certify._modes import eval_mode
 from certify.data import ImageDataset, load_dataset
 
 logger = logging.getLogger(__name__)
@@ -119,14 +120,11 @@ def _validate(arch, epochs, sigma, batch_size, lr, augment, eps, adv_fraction, p
 
 def evaluate_accuracy(model: nn.Module, dataset: ImageDataset, *, batch_size: int = 1000) -> float:
     """Clean top-1 accuracy of ``model`` on ``dataset`` (eval mode restored afterwards)."""
-    was_training = model.training
-    model.eval()
     correct = 0
-    with torch.inference_mode():
+    with eval_mode(model), torch.inference_mode():
         for start in range(0, len(dataset), batch_size):
             xb = dataset.x[start:start + batch_size]
             correct += int((model(xb).argmax(1) == dataset.y[start:start + batch_size]).sum())
-    model.train(was_training)
     return correct / max(1, len(dataset))
 
 

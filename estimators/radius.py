@@ -55,6 +55,8 @@ import numbers
 import numpy as np
 from scipy import special
 
+from estimators._checks import check_positive
+
 __all__ = [
     "cohen_radius",
     "max_radius",
@@ -117,15 +119,6 @@ def _is_bad_type(v) -> bool:
     return True
 
 
-def _positive_real(v, name: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, numbers.Real):
-        raise TypeError(f"{name} must be a positive real number, got {type(v).__name__}")
-    v = float(v)
-    if not (math.isfinite(v) and v > 0.0):
-        raise ValueError(f"{name} must be a positive finite number, got {v!r}")
-    return v
-
-
 def _out(arr: np.ndarray, *inputs):
     if all(np.ndim(v) == 0 for v in inputs):
         return float(arr)
@@ -144,7 +137,7 @@ def cohen_radius(p_lower, sigma: float):
 
     Example: ``cohen_radius(0.9, 0.5) == 0.5 * 1.2815515655446004``.
     """
-    sigma = _positive_real(sigma, "sigma")
+    sigma = check_positive("sigma", sigma)
     p = _probability_array(p_lower, "p_lower")
     out = np.where(p > 0.5, sigma * _Phi_inv(np.maximum(p, 0.5)), 0.0)
     return _out(out, p_lower)
@@ -163,7 +156,7 @@ def max_radius(n: int, alpha: float, sigma: float) -> float:
         raise ValueError(f"n must be a positive int, got {n}")
     if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not (0.0 < float(alpha) < 1.0):
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
-    sigma = _positive_real(sigma, "sigma")
+    sigma = check_positive("sigma", sigma)
     log_p = math.log(float(alpha)) / int(n)
     q = -math.expm1(log_p)  # 1 - alpha^(1/n), accurate for large n
     if q >= 0.5:
@@ -602,7 +595,7 @@ def radius_two_component(p, m_parallel, m_orthogonal, *, rtol: float = 1e-4):
     p_arr = _probability_array(p, "p")
     a_arr = _nonneg_array(m_parallel, "m_parallel")
     b_arr = _nonneg_array(m_orthogonal, "m_orthogonal", allow_inf=False)
-    rtol = _positive_real(rtol, "rtol")
+    rtol = check_positive("rtol", rtol)
     p_b, a_b, b_b = np.broadcast_arrays(p_arr, a_arr, b_arr)
     out = np.zeros(p_b.shape, dtype=np.float64)
     for idx in np.ndindex(p_b.shape):

@@ -33,6 +33,8 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from estimators._checks import check_int
+
 __all__ = ["SampleStats", "sample_noise", "make_generator", "derive_seeds"]
 
 logger = logging.getLogger(__name__)
@@ -74,14 +76,6 @@ def make_generator(seed: int, device) -> torch.Generator:
     return gen
 
 
-def _check_int(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
-    return int(value)
-
-
 def sample_noise(
     classifier: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
@@ -110,18 +104,18 @@ def sample_noise(
         raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
     if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not (math.isfinite(sigma) and sigma > 0):
         raise ValueError(f"sigma must be a positive finite number, got {sigma!r}")
-    n = _check_int(n, "n")
-    num_classes = _check_int(num_classes, "num_classes", 2)
-    batch_size = _check_int(batch_size, "batch_size")
+    n = check_int("n", n)
+    num_classes = check_int("num_classes", num_classes, 2)
+    batch_size = check_int("batch_size", batch_size)
     if (seed is None) == (generator is None):
         raise ValueError("give exactly one of seed or generator")
     if generator is None:
-        seed = _check_int(seed, "seed", 0)
+        seed = check_int("seed", seed, 0)
         generator = make_generator(seed, x.device)
     elif not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     if target is not None:
-        target = _check_int(target, "target", 0)
+        target = check_int("target", target, 0)
         if target >= num_classes:
             raise ValueError(f"target must be in [0, {num_classes}), got {target}")
         if n < 2:

@@ -332,13 +332,9 @@ def test_train_mode_model_is_bounded_in_eval_mode():
 
 @pytest.mark.parametrize("name", ["fmnist_cnn", "color_cnn", "digits_mlp"])
 def test_zoo_models(name):
-    models = pytest.importorskip("certify.models")
-    try:
-        available = models.available_pretrained()
-    except Exception as exc:  # the zoo module may still be in progress
-        pytest.skip(f"certify.models.available_pretrained() unavailable: {exc}")
-    if name not in available:
-        pytest.skip(f"zoo model {name} not shipped")
+    from certify import models
+
+    assert name in models.available_pretrained()
     model = models.pretrained(name).eval()
     shape = {"fmnist_cnn": (1, 28, 28), "color_cnn": (3, 32, 32), "digits_mlp": (1, 8, 8)}[name]
     gen = torch.Generator().manual_seed(11)

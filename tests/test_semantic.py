@@ -299,7 +299,6 @@ def test_report_validation(tmp_path):
 
 def test_cli(tmp_path):
     """``certify semantic`` end to end on a user architecture (file.py:Class) and an .npz dataset."""
-    pytest.importorskip("certify.checkpoints")
     from certify import cli
 
     src = tmp_path / "tiny_arch.py"
