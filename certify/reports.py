@@ -805,6 +805,14 @@ def _optional_int_column(series: pd.Series, name: str) -> Any:
     return pd.array(values.to_numpy(dtype=float), dtype="Float64").astype("Int64")
 
 
+def _raw_column(series: pd.Series, name: str) -> np.ndarray:
+    return series.to_numpy()
+
+
+# optional columns with a fixed type (read from any rows file that has them)
+_EXTRA_COLUMN_TYPES = {"base_predict": _optional_int_column}
+
+
 def _normalise_frame(rows: Any) -> pd.DataFrame:
     if isinstance(rows, pd.DataFrame):
         frame = rows.copy()
@@ -858,10 +866,8 @@ def _normalise_frame(rows: Any) -> pd.DataFrame:
             continue
         if _FIRST_ORDER_RE.match(col) or col in ("count",) or col.startswith("hoc_"):
             out[col] = as_float(col)
-        elif col == "base_predict":
-            out[col] = _optional_int_column(frame[col], col)
         else:
-            out[col] = frame[col].to_numpy()
+            out[col] = _EXTRA_COLUMN_TYPES.get(col, _raw_column)(frame[col], col)
     radius_cols = ["radius"] + [c for c in out.columns if _FIRST_ORDER_RE.match(c)]
     for col in radius_cols:
         v = out[col].to_numpy(dtype=float)
