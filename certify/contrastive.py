@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import sys
 import time
 from typing import Any
@@ -39,6 +38,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from certify._checks import check_choice, check_float, check_int
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +64,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, *, temperature: float = 0.5) -> 
     if z1.ndim != 2 or z1.shape != z2.shape or z1.shape[0] < 2:
         raise ValueError(f"z1 and z2 must have the same shape (B, D) with B >= 2, got {tuple(z1.shape)} and "
                          f"{tuple(z2.shape)}")
-    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature > 0:
-        raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
+    check_float("temperature", temperature, low=0.0, low_open=True)
     b = z1.shape[0]
     u = F.normalize(torch.cat([z1, z2]), dim=1)
     sim = u @ u.T / temperature
@@ -169,22 +169,17 @@ def _adversarial_view(model: nn.Module, head: nn.Module, x1: torch.Tensor, z2: t
 
 
 def _check_args(mode, steps, batch_size, lr, temperature, projection_dim, eps, pgd_steps, seed) -> None:
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    for name, value, lo in (("steps", steps, 1), ("batch_size", batch_size, 2), ("projection_dim", projection_dim, 1),
-                            ("pgd_steps", pgd_steps, 1), ("seed", seed, 0)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int >= {lo}, got {value!r}")
-        if value < lo:
-            raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
-    for name, value in (("lr", lr), ("temperature", temperature), ("eps", eps)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise TypeError(f"{name} must be a finite number, got {value!r}")
-    if lr <= 0 or temperature <= 0:
-        raise ValueError(f"lr and temperature must be > 0, got lr={lr!r}, temperature={temperature!r}")
-    if mode == "adversarial" and not 0 < eps <= 1:
-        raise ValueError(f"mode='adversarial' needs eps in (0, 1] (l-inf, pixel units), got {eps!r}")
-    if mode == "simclr" and eps != 0:
+    check_choice("mode", mode, MODES)
+    check_int("steps", steps, 1)
+    check_int("batch_size", batch_size, 2)
+    check_int("projection_dim", projection_dim, 1)
+    check_int("pgd_steps", pgd_steps, 1)
+    check_int("seed", seed, 0)
+    check_float("lr", lr, low=0.0, low_open=True)
+    check_float("temperature", temperature, low=0.0, low_open=True)
+    if mode == "adversarial":
+        check_float("eps", eps, low=0.0, high=1.0, low_open=True)
+    elif check_float("eps", eps) != 0:
         raise ValueError(f"eps={eps!r} is only used with mode='adversarial'")
 
 

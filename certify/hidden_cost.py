@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -40,6 +39,8 @@ import numpy as np
 import torch
 from scipy import stats
 from torch import nn
+
+from certify._checks import check_float, check_float_tuple, check_int
 
 logger = logging.getLogger(__name__)
 
@@ -54,11 +55,9 @@ DEFAULT_SIGMAS: tuple[float, ...] = (0.0, 0.12, 0.25, 0.5)
 # closed-form oracle
 # ----------------------------------------------------------------------------------------------
 def _check_width_sigma(width: float, sigma: float | None = None) -> None:
-    if isinstance(width, bool) or not isinstance(width, (int, float)) or not math.isfinite(width) or width <= 0:
-        raise ValueError(f"width must be a finite number > 0, got {width!r}")
-    if sigma is not None and (isinstance(sigma, bool) or not isinstance(sigma, (int, float))
-                              or not math.isfinite(sigma) or sigma <= 0):
-        raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
+    check_float("width", width, low=0.0, low_open=True)
+    if sigma is not None:
+        check_float("sigma", sigma, low=0.0, low_open=True)
 
 
 class SlabClassifier(nn.Module):
@@ -214,15 +213,13 @@ def _check_sweep(models, x, y, num_classes, sigmas, seed) -> tuple[dict[str, nn.
         raise TypeError("x must be a non-empty tensor of shape (N, ...)")
     if not isinstance(y, torch.Tensor) or y.shape != (x.shape[0],) or y.is_floating_point():
         raise TypeError(f"y must be an integer tensor of shape ({x.shape[0]},)")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+    check_int("num_classes", num_classes, 2)
     if int(y.min()) < 0 or int(y.max()) >= num_classes:
         raise ValueError(f"labels must lie in 0..{num_classes - 1}")
-    sig = tuple(float(s) for s in sigmas)
-    if not sig or any(not math.isfinite(s) or s < 0 for s in sig) or len(set(sig)) != len(sig):
-        raise ValueError(f"sigmas must be distinct finite numbers >= 0, got {sigmas!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    sig = check_float_tuple("sigmas", sigmas, low=0.0)
+    if not sig or len(set(sig)) != len(sig):
+        raise ValueError(f"sigmas must be a non-empty sequence of distinct numbers >= 0, got {sigmas!r}")
+    check_int("seed", seed, 0)
     return named, sig
 
 

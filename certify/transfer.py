@@ -57,6 +57,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from certify._checks import check_bool, check_choice, check_float, check_int
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["NORMS", "METHODS", "CRITERIA", "split_model", "feature_box", "TransferResult", "transfer_bounds"]
@@ -108,17 +110,12 @@ def _head_params(head) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _check_ball(eps, norm, method, clip, batch_size) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
-        raise ValueError(f"eps must be a finite number >= 0 (pixel units), got {eps!r}")
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if not isinstance(clip, bool):
-        raise TypeError(f"clip must be a bool, got {clip!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    return float(eps)
+    eps = check_float("eps", eps, low=0.0)
+    check_choice("norm", norm, NORMS)
+    check_choice("method", method, METHODS)
+    check_bool("clip", clip)
+    check_int("batch_size", batch_size, 1)
+    return eps
 
 
 def _check_x(x) -> torch.Tensor:

@@ -17,7 +17,6 @@ Writes ``transfer.json`` (the :class:`certify.transfer.TransferResult` plus the 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
@@ -86,6 +85,7 @@ def attack_check(model, x, y, result, *, steps: int, seed: int) -> dict:
 
 def run(args) -> int:
     from certify import data, transfer
+    from certify._jsonio import atomic_write_json, atomic_write_text
 
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
@@ -111,9 +111,8 @@ def run(args) -> int:
                  f"pairwise {check['violations_pairwise']}, box {check['violations_box']}; "
                  f"attacked loss above its bound: {check['loss_bound_violations']}")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "transfer.json").write_text(json.dumps(payload, indent=1))
-    (out / "summary.txt").write_text(text + "\n")
+    atomic_write_json(out / "transfer.json", payload)
+    atomic_write_text(out / "summary.txt", text + "\n")
     if not getattr(args, "quiet", False):
         print(text)
     return 0
