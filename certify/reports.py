@@ -478,7 +478,7 @@ class RadiusReport:
         lines = ["## Per class (hidden cost of smoothing)", "",
                  "| class | n | base acc | smoothed acc | abstain | "
                  + " | ".join(f"cert r={g:g}" for g in grid) + " | ACR | differs from base |",
-                 "|---|" + "---|" * (len(grid) + 7)]
+                 "|---|" + "---|" * (len(grid) + 6)]
         for e in pc["classes"]:
             lines.append(f"| {e['class']} | {e['n']} | {f(e['base_accuracy'])} | {f(e['smoothed_accuracy'])} | "
                          f"{f(e['abstain_rate'])} | " + " | ".join(f(v) for v in e["certified_accuracy"])
