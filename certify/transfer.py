@@ -61,7 +61,8 @@ from certify._checks import check_bool, check_choice, check_float, check_int
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["NORMS", "METHODS", "CRITERIA", "split_model", "feature_box", "TransferResult", "transfer_bounds"]
+__all__ = ["NORMS", "METHODS", "CRITERIA", "split_model", "feature_box", "TransferResult", "transfer_bounds",
+           "fresh_probe_transfer"]
 
 NORMS = ("linf", "l2")
 METHODS = ("ibp", "crown", "crown-ibp")
@@ -337,3 +338,31 @@ def transfer_bounds(encoder: nn.Module, head, x: torch.Tensor, y: torch.Tensor, 
         certified_pairwise=tup(c["pairwise"], bool), certified_box=tup(c["box"], bool),
         clean_loss=tup(c["clean_loss"]), loss_bound=tup(c["loss_bound"]), loss_bound_box=tup(c["loss_bound_box"]),
         time_s=round(time.perf_counter() - t0, 3))
+
+
+def fresh_probe_transfer(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, x: torch.Tensor,
+                         y: torch.Tensor, *, eps: float, norm: str = "linf", method: str = "crown",
+                         clip: bool = True, probe_eps: float = 0.0, weight_decay: float = 1e-4,
+                         batch_size: int = 64, seed: int = 0, name: str | None = None) -> TransferResult:
+    """Certify a *fresh* linear probe on a zoo model's representation (the downstream task of Nern et al.).
+
+    The model is split with :func:`split_model`; a linear probe is fitted on the encoder's features of
+    ``(train_x, train_y)`` (:func:`estimators.robust_linear.train_robust_probe`, feature-space l2 radius
+    ``probe_eps``; 0 = plain multinomial logistic regression) and certified on ``(x, y)`` with
+    :func:`transfer_bounds`. The model's own head is not used.
+    """
+    from estimators import robust_linear as rl
+
+    encoder, own_head = split_model(model)
+    train_x = _check_x(train_x)
+    num_classes = int(own_head.weight.shape[0])
+    train_y = _check_y(train_y, train_x.shape[0], num_classes)
+    check_int("batch_size", batch_size, 1)
+    with torch.no_grad():
+        h = torch.cat([encoder(train_x[i:i + batch_size]).double() for i in range(0, train_x.shape[0], batch_size)])
+    probe = rl.train_robust_probe(h.numpy(), train_y.numpy(), num_classes=num_classes,
+                                  eps=check_float("probe_eps", probe_eps, low=0.0), weight_decay=weight_decay,
+                                  seed=seed)
+    head = (torch.from_numpy(probe.weight), torch.from_numpy(probe.bias))
+    return transfer_bounds(encoder, head, x, y, eps=eps, norm=norm, method=method, clip=clip,
+                           batch_size=batch_size, name=name or f"{type(model).__name__} + fresh probe")

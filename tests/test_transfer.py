@@ -188,3 +188,35 @@ def test_cli_transfer(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(["-q", "transfer", "--checkpoint", str(tmp_path / "none.pt"), "--eps", "0.1", "--out", str(out)])
     assert exc.value.code == 2
+
+
+@pytest.mark.slow
+def test_fresh_probe_transfer_is_sound_under_pgd():
+    from certify.data import load_dataset
+
+    model = models.pretrained("digits_mlp")
+    train, test = load_dataset("digits", split="train"), load_dataset("digits", split="test")
+    x, y = test.x[:64], test.y[:64]
+    res = tr.fresh_probe_transfer(model, train.x[:600], train.y[:600], x, y, eps=0.02, method="crown")
+    assert res.clean_accuracy > 0.8 and sum(res.certified_box) >= 10
+    enc, _ = tr.split_model(model)
+    # rebuild the composed model with the probe the function fitted (same deterministic fit)
+    from estimators import robust_linear as rl
+
+    with torch.no_grad():
+        h = enc(train.x[:600]).double().numpy()
+    probe = rl.train_robust_probe(h, train.y[:600].numpy(), num_classes=10, eps=0.0, weight_decay=1e-4, seed=0)
+    head = nn.Linear(h.shape[1], 10)
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(probe.weight))
+        head.bias.copy_(torch.from_numpy(probe.bias))
+    composed = nn.Sequential(enc, head).eval()
+    with torch.no_grad():
+        assert (composed(x).argmax(1) == y).float().mean().item() == pytest.approx(res.clean_accuracy)
+    x_adv = attacks.pgd(composed, x, y, eps=0.02, norm="linf", steps=20, restarts=2,
+                        generator=torch.Generator().manual_seed(0), loss="margin")
+    with torch.no_grad():
+        broken = (composed(x_adv).argmax(1) != y).tolist()
+    assert not any(b and c for b, c in zip(broken, res.certified_box))
+    with pytest.raises(ValueError, match="probe_eps"):
+        tr.fresh_probe_transfer(model, train.x[:50], train.y[:50], x, y, eps=0.02, probe_eps=-1.0)
