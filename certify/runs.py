@@ -32,7 +32,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -41,8 +41,8 @@ from certify._jsonio import atomic_write_json, atomic_write_text
 from certify._progress import progress
 from certify.reports import ROW_COLUMNS, RadiusReport, row_from_certificate
 from certify.rundir import (
-    RUN_FILE,
     ROWS_FILE,
+    RUN_FILE,
     dataset_fingerprint,
     model_fingerprint,
     open_run,
@@ -70,7 +70,7 @@ REPORT_FILE = "report.md"
 PLOT_FILE = "certified_accuracy.png"
 #: run.json keys that must agree between a run and its resumption (they determine the rows)
 MATCH_KEYS = ("sigma", "n_select", "n_estimate", "alpha", "seed", "batch_size", "first_order", "num_classes",
-              "checkpoint", "model_fingerprint", "dataset", "dataset_fingerprint", "seed_scheme")
+              "checkpoint", "model_fingerprint", "dataset", "dataset_fingerprint", "seed_scheme", "sound")
 SEED_SCHEME = "numpy.SeedSequence([seed, idx]) -> uint64 >> 1"
 
 
@@ -153,7 +153,8 @@ def certify_dataset(smooth: Any, dataset: Any, *, out: str | os.PathLike | None 
                     n_select: int, n_estimate: int, alpha: float, batch_size: int = 1000, seed: int = 0,
                     first_order: bool = False, skip: int = 1, max_examples: int | None = None, start: int = 0,
                     verbose: bool = True, checkpoint: str | None = None, dataset_name: str | None = None,
-                    overwrite: bool = False, render: bool = True) -> RadiusReport:
+                    overwrite: bool = False, render: bool = True,
+                    record: Mapping[str, Any] | None = None) -> RadiusReport:
     """Certify examples of ``dataset`` with ``smooth.certify`` and collect a :class:`RadiusReport`.
 
     Args:
@@ -169,6 +170,8 @@ def certify_dataset(smooth: Any, dataset: Any, *, out: str | os.PathLike | None 
         checkpoint, dataset_name: names recorded in run.json (default: the model's
             ``checkpoint_name`` / the dataset's ``name``).
         render: write summary.json, report.md and the plot at the end.
+        record: extra facts for run.json that do not determine the rows (command line, checkpoint SHA-256,
+            class mapping, ...); run.json also gets ``n_rows``, the rows in the directory after this call.
 
     Returns:
         The report of every row in ``out/rows.tsv`` (sorted by idx), or of this call's rows when
@@ -191,6 +194,7 @@ def certify_dataset(smooth: Any, dataset: Any, *, out: str | os.PathLike | None 
     except TypeError:
         raise TypeError(f"dataset must support len() and indexing, got {type(dataset).__name__}") from None
     indices = select_indices(n_total, start=start, skip=skip, max_examples=max_examples)
+    _check_labels(dataset, indices, int(smooth.num_classes))
     model = getattr(smooth, "model", None)
     x0, _ = dataset[indices[0]]
     settings = {
@@ -209,10 +213,12 @@ def certify_dataset(smooth: Any, dataset: Any, *, out: str | os.PathLike | None 
         "dataset_size": n_total,
         "input_shape": list(torch.as_tensor(x0).shape),
         "seed_scheme": SEED_SCHEME,
+        **({"sound": True} if getattr(smooth, "sound", False) else {}),
         "start": int(start),
         "skip": int(skip),
         "max_examples": max_examples,
         "versions": versions(),
+        **{k: v for k, v in (record or {}).items() if k not in MATCH_KEYS},
     }
     if out is None:
         rows = _certify_rows(smooth, dataset, indices, settings, writer=None, verbose=verbose)
@@ -224,9 +230,20 @@ def certify_dataset(smooth: Any, dataset: Any, *, out: str | os.PathLike | None 
         todo = [i for i in indices if i not in done]
         _certify_rows(smooth, dataset, todo, settings, writer=run, verbose=verbose,
                       already=len(indices) - len(todo))
+        atomic_write_json(run.path / RUN_FILE, {**run.settings, "n_rows": len(done | set(todo))})
     if render:
         return render_run(out)
     return load_run(out)
+
+
+def _check_labels(dataset: Any, indices: Sequence[int], num_classes: int) -> None:
+    """Every selected label must lie in [0, num_classes): an out-of-range label can never be counted correct."""
+    y = getattr(dataset, "y", None)
+    labels = y[list(indices)].tolist() if isinstance(y, torch.Tensor) else [int(dataset[i][1]) for i in indices]
+    bad = [(i, lab) for i, lab in zip(indices, labels) if not 0 <= int(lab) < num_classes]
+    if bad:
+        raise ValueError(f"labels must lie in [0, {num_classes}) for num_classes={num_classes}; example {bad[0][0]} "
+                         f"has label {bad[0][1]} ({len(bad)} such examples)")
 
 
 def _certify_rows(smooth, dataset, indices, settings, *, writer, verbose, already: int = 0) -> list[dict]:
@@ -245,6 +262,8 @@ def _certify_rows(smooth, dataset, indices, settings, *, writer, verbose, alread
                                   seed=example_seed(settings["seed"], idx), first_order=settings["first_order"])
             row = row_from_certificate(idx, label, cert, time.perf_counter() - t0)
             row = {**{c: row[c] for c in ROW_COLUMNS}, **{k: v for k, v in row.items() if k not in ROW_COLUMNS}}
+            if getattr(dataset, "files", ()):
+                row["file"] = dataset.files[idx]
             if writer is not None:
                 writer.append(row)
             rows.append(row)

@@ -30,7 +30,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -217,34 +216,33 @@ def train(arch: str, dataset: str | ImageDataset, *, epochs: int, sigma: float =
     n = len(train_set)
     steps_per_epoch = math.ceil(n / batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr * 3, total_steps=epochs * steps_per_epoch)
-    show = verbose and sys.stderr.isatty()
-    from tqdm.auto import tqdm
+    from certify._progress import progress
 
     start = time.perf_counter()
     loss_value = float("nan")
     for epoch in range(epochs):
         model.train()
         order = torch.randperm(n, generator=shuffle_gen)
-        bar = tqdm(range(steps_per_epoch), desc=f"{arch} epoch {epoch + 1}/{epochs}", disable=not show,
-                   leave=False)
         running = 0.0
-        for step in bar:
-            idx = order[step * batch_size:(step + 1) * batch_size]
-            xb, yb = train_set.x[idx], train_set.y[idx]
-            if augment == "noise":
-                xb = xb + sigma * torch.randn(xb.shape, generator=noise_gen)
-            elif augment in ("fgsm", "pgd"):
-                k = max(1, round(adv_fraction * len(idx)))
-                x_adv = _adversarial(model, xb[:k], yb[:k], augment, eps, pgd_steps, attack_gen)
-                model.train()
-                xb = torch.cat([x_adv.detach(), xb[k:]])
-            loss = F.cross_entropy(model(xb), yb)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            scheduler.step()
-            running = 0.9 * running + 0.1 * float(loss.detach()) if step else float(loss.detach())
-            if show:
+        with progress(total=steps_per_epoch, desc=f"{arch} epoch {epoch + 1}/{epochs}", unit="step",
+                      enabled=verbose) as bar:
+            for step in range(steps_per_epoch):
+                idx = order[step * batch_size:(step + 1) * batch_size]
+                xb, yb = train_set.x[idx], train_set.y[idx]
+                if augment == "noise":
+                    xb = xb + sigma * torch.randn(xb.shape, generator=noise_gen)
+                elif augment in ("fgsm", "pgd"):
+                    k = max(1, round(adv_fraction * len(idx)))
+                    x_adv = _adversarial(model, xb[:k], yb[:k], augment, eps, pgd_steps, attack_gen)
+                    model.train()
+                    xb = torch.cat([x_adv.detach(), xb[k:]])
+                loss = F.cross_entropy(model(xb), yb)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                scheduler.step()
+                running = 0.9 * running + 0.1 * float(loss.detach()) if step else float(loss.detach())
+                bar.update(1)
                 bar.set_postfix(loss=f"{running:.3f}")
         loss_value = running
         logger.info("%s epoch %d/%d: loss %.4f", arch, epoch + 1, epochs, running)

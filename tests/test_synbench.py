@@ -475,7 +475,10 @@ def test_compare_bad_input():
 def _fake_models(monkeypatch):
     torch.manual_seed(0)
     net = nn.Sequential(nn.Flatten(), nn.Linear(64, 12), nn.ReLU(), nn.Linear(12, 10))
+    from certify import models as real
+
     mod = types.ModuleType("certify.models")
+    mod.ZOO_DIR, mod.Normalized = real.ZOO_DIR, real.Normalized
     mod.pretrained = lambda name: net.eval()
     mod.pretrained_info = lambda name: {"arch": "digits_mlp", "dataset": "digits"}
     monkeypatch.setitem(sys.modules, "certify.models", mod)
