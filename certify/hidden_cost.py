@@ -225,7 +225,8 @@ def _check_sweep(models, x, y, num_classes, sigmas, seed) -> tuple[dict[str, nn.
 
 def sigma_sweep(models: nn.Module | Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor, *,
                 num_classes: int, sigmas: Sequence[float] = DEFAULT_SIGMAS, n: int = 1000, alpha: float = 0.001,
-                batch_size: int = 1000, seed: int = 0) -> SigmaSweep:
+                batch_size: int = 1000, seed: int = 0,
+                input_range: tuple[float, float] | None = (0.0, 1.0)) -> SigmaSweep:
     """Accuracy and disparity per class of smoothed versions of ``models`` at every sigma in ``sigmas``.
 
     Args:
@@ -233,6 +234,8 @@ def sigma_sweep(models: nn.Module | Mapping[str, nn.Module], x: torch.Tensor, y:
         x: (N, ...) inputs in pixel units; y: (N,) labels in ``0 .. num_classes - 1``.
         sigmas: noise levels >= 0 (0: the base classifier, no sampling).
         n, alpha, batch_size: :meth:`certify.smoothing.Smooth.predict` budget; abstentions count as errors.
+        input_range: the inputs' valid range, checked by :class:`certify.smoothing.Smooth` (None: no check,
+            for inputs that are not images such as the slab oracle's points).
         seed: example ``i`` uses the noise seed ``certify.runs.example_seed(seed, i)`` at every sigma and for
             every model (common random numbers: differences between sigmas and models are not sampling noise
             of different streams), independent of the other examples. As for every smoothing run, the noise
@@ -261,7 +264,7 @@ def sigma_sweep(models: nn.Module | Mapping[str, nn.Module], x: torch.Tensor, y:
             if s == 0.0:
                 pred, abst = base_np.copy(), np.zeros(len(yn), dtype=bool)
             else:
-                smooth = Smooth(model, num_classes=num_classes, sigma=s)
+                smooth = Smooth(model, num_classes=num_classes, sigma=s, input_range=input_range)
                 preds = [smooth.predict(x[i], n=n, alpha=alpha, batch_size=batch_size, seed=example_seed(seed, i))
                          for i in range(x.shape[0])]
                 pred = np.array([p.label for p in preds], dtype=np.int64)

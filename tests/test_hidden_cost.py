@@ -41,7 +41,7 @@ def test_toolkit_smoothed_prediction_matches_the_closed_form(sigma):
     # (5 binomial sd, n = 4000) and every non-abstained label is the closed-form argmax; where the top
     # two closed-form probabilities differ by > 0.1 it must not abstain. Failure budget: alpha = 1e-4 per
     # prediction (fixed seeds make the test deterministic).
-    smooth = Smooth(hc.SlabClassifier(W), num_classes=3, sigma=sigma)
+    smooth = Smooth(hc.SlabClassifier(W), num_classes=3, sigma=sigma, input_range=None)
     n = 4000
     for k, x0 in enumerate(np.linspace(-1.5, 1.5, 13)):
         pred = smooth.predict(torch.tensor([x0, 0.7]), n=n, alpha=1e-4, seed=k)
@@ -56,7 +56,7 @@ def test_toolkit_smoothed_prediction_matches_the_closed_form(sigma):
 
 def _slab_report(sigma: float) -> RadiusReport:
     base = hc.SlabClassifier(W)
-    smooth = Smooth(base, num_classes=3, sigma=sigma)
+    smooth = Smooth(base, num_classes=3, sigma=sigma, input_range=None)
     rows = []
     for i, x0 in enumerate(np.linspace(-1.2, 1.2, 13)):
         x = torch.tensor([x0, 0.0])
@@ -111,12 +111,13 @@ def test_sigma_sweep_on_the_slab(tmp_path):
     x = torch.stack([torch.linspace(-1.2, 1.2, 25), torch.randn(25, generator=g)], dim=1)
     base = hc.SlabClassifier(W)
     y = base(x).argmax(1)
-    sw = hc.sigma_sweep({"slab": base}, x, y, num_classes=3, sigmas=(0.0, 0.3 * V, 1.5 * V), n=500, alpha=0.001)
+    sw = hc.sigma_sweep({"slab": base}, x, y, num_classes=3, sigmas=(0.0, 0.3 * V, 1.5 * V), n=500, alpha=0.001,
+                        input_range=None)
     assert sw.overall[0][0] == 1.0 and sw.disparity[0][0] == 0.0 and sw.vanished[0][0] == ()
     assert sw.accuracy[0][2][1] == 0.0 and 1 in sw.vanished[0][2]
     assert sw.disparity[0][2] >= sw.disparity[0][1]
     assert sw == hc.sigma_sweep({"slab": base}, x, y, num_classes=3, sigmas=(0.0, 0.3 * V, 1.5 * V), n=500,
-                                alpha=0.001)
+                                alpha=0.001, input_range=None)
     assert "vanished" in sw.to_markdown() and sw.plot(tmp_path / "sw.png").stat().st_size > 0
     json.dumps(sw.to_dict())
 
@@ -142,7 +143,8 @@ def test_bad_input():
         hc.sigma_sweep({}, x, y, num_classes=3)
     with pytest.raises(ValueError, match="labels"):
         hc.sigma_sweep(base, x, y + 5, num_classes=3)
-    cert = Smooth(base, num_classes=3, sigma=0.5).certify(torch.zeros(2), n_select=10, n_estimate=50, alpha=0.01)
+    smooth = Smooth(base, num_classes=3, sigma=0.5, input_range=None)
+    cert = smooth.certify(torch.zeros(2), n_select=10, n_estimate=50, alpha=0.01)
     with pytest.raises(ValueError, match="base_predict"):
         row_from_certificate(0, 1, cert, base_predict=-1)
     row = row_from_certificate(0, 1, cert, base_predict=1)
