@@ -168,23 +168,33 @@ def test_cli_transfer(tmp_path, capsys):
     from certify import cli
 
     out = tmp_path / "tr"
-    rc = cli.main(["-q", "transfer", "--pretrained", "digits_mlp", "--eps", "0.01", "--n", "20",
-                   "--attack-steps", "10", "--out", str(out)])
+    rc = cli.main(["-q", "transfer", "--pretrained", "digits_mlp", "--eps", "0.01", "--max", "20",
+                   "--attack-steps", "10", "--out", str(out), "--json"])
     assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
     d = json.loads((out / "transfer.json").read_text())
     assert d["n"] == 20 and d["eps"] == 0.01 and d["norm"] == "linf"
+    assert summary["certified_accuracy"] == d["certified_accuracy"]
     assert d["attack_check"]["violations_box"] == 0 and d["attack_check"]["loss_bound_violations"] == 0
     assert "certified accuracy" in (out / "summary.txt").read_text()
-    for bad, msg in ((["--eps", "-1"], "--eps"), (["--eps", "0.1", "--n", "0"], "--n"),
-                     (["--eps", "0.1", "--attack-steps", "-1"], "--attack-steps")):
+    assert (out / "run.json").is_file()
+    # bad values found by the command: one line, exit 2
+    for bad, msg in ((["--eps", "-1"], "--eps"), (["--eps", "nan"], "--eps"),
+                     (["--eps", "0.1", "--mean", "0.5", "--std", "0.2"], "--pretrained"),
+                     (["--eps", "0.1", "--out", str(out / "transfer.json")], "--out")):
         with pytest.raises(SystemExit) as exc:
-            cli.main(["-q", "transfer", "--pretrained", "fmnist_cnn", *bad, "--out", str(out)])
+            cli.main(["-q", "transfer", "--pretrained", "digits_mlp", *bad] + ([] if "--out" in bad else
+                                                                               ["--out", str(out)]))
         assert exc.value.code == 2
         err = capsys.readouterr().err
-        assert msg in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
-    with pytest.raises(SystemExit) as exc:
-        cli.main(["-q", "transfer", "--pretrained", "fmnist_cnn", "--eps", "0.1", "--norm", "l1", "--out", str(out)])
-    assert exc.value.code == 2
+        assert msg in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    # bad values refused by the parser: exit 2
+    for bad in (["--eps", "0.1", "--max", "0"], ["--eps", "0.1", "--attack-steps", "-1"],
+                ["--eps", "0.1", "--norm", "l1"], ["--eps", "0.1", "--method", "alpha-crown"]):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["-q", "transfer", "--pretrained", "digits_mlp", *bad, "--out", str(out)])
+        assert exc.value.code == 2
+        capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
         cli.main(["-q", "transfer", "--checkpoint", str(tmp_path / "none.pt"), "--eps", "0.1", "--out", str(out)])
     assert exc.value.code == 2

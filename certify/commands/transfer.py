@@ -2,8 +2,8 @@
 
 Examples::
 
-    certify transfer --pretrained fmnist_cnn --eps 0.01 --n 200 --out runs/transfer
-    certify transfer --checkpoint model.pt --arch fmnist_mlp --norm l2 --eps 0.1 --method ibp --out runs/tr
+    certify transfer --pretrained fmnist_cnn --eps 0.01 --max 200 --out runs/transfer
+    certify transfer --checkpoint model.pt --arch fmnist_mlp --data fashion-mnist --norm l2 --eps 0.1 --method ibp
 
 The model is split at its ``feature_layer`` into encoder and linear head
 (:func:`certify.transfer.split_model`); auto_LiRPA bounds the representation over the input ball and
@@ -11,47 +11,32 @@ the head is certified with the criteria of :mod:`certify.transfer`. Unless ``--a
 (margin loss) attacks every example on the composed model and the run reports how many certified
 examples it broke (must be 0) and the largest attacked loss next to its bound.
 
-Writes ``transfer.json`` (the :class:`certify.transfer.TransferResult` plus the attack check) and
-``summary.txt``.
+Certifies the first ``--max`` examples (default 100). Writes ``transfer.json`` (the
+:class:`certify.transfer.TransferResult` plus the attack check), ``run.json`` and ``summary.txt`` to ``--out``
+(default ``runs/transfer_<model>_<norm><eps>``).
 """
 from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 
 HELP = "robustness transfer: certify a linear head from auto_LiRPA bounds on the representation"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="model file (state_dict for --arch)")
-    src.add_argument("--pretrained", metavar="NAME", help="a shipped zoo checkpoint")
-    parser.add_argument("--arch", help="zoo architecture of --checkpoint")
-    parser.add_argument("--trust", action="store_true", help="allow unpickling arbitrary objects from --checkpoint")
-    parser.add_argument("--data", default=None, help="dataset (default: the model's dataset, else fashion-mnist)")
+    from certify.commands._common import add_model_arguments, add_run_arguments, nonnegative_int, positive_int
+
+    add_model_arguments(parser, num_classes=False)
+    parser.add_argument("--data", default=None, help="dataset (default: the pretrained model's dataset)")
     parser.add_argument("--split", default="test", help="dataset split (default test)")
-    parser.add_argument("--n", type=int, default=100, help="first N examples (default 100)")
     parser.add_argument("--eps", type=float, required=True, help="input radius in pixel units (>= 0)")
     parser.add_argument("--norm", default="linf", choices=["linf", "l2"])
     parser.add_argument("--method", default="crown", choices=["ibp", "crown", "crown-ibp"])
     parser.add_argument("--no-clip", action="store_true", help="do not intersect the ball with [0, 1]")
-    parser.add_argument("--attack-steps", type=int, default=20, help="PGD steps of the check (0: no attack)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", required=True, help="output folder")
-
-
-def _load(args):
-    from certify import models
-
-    if args.pretrained:
-        return models.pretrained(args.pretrained), dict(models.pretrained_info(args.pretrained))
-    if not args.arch:
-        raise ValueError("--checkpoint needs --arch (a zoo architecture with a feature layer)")
-    from certify.checkpoints import load_checkpoint
-
-    return load_checkpoint(args.checkpoint, arch=args.arch, trust=args.trust), {}
+    parser.add_argument("--attack-steps", type=nonnegative_int, default=20,
+                        help="PGD steps of the check (0: no attack)")
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    add_run_arguments(parser, resume=False)
 
 
 def attack_check(model, x, y, result, *, steps: int, seed: int) -> dict:
@@ -84,35 +69,39 @@ def attack_check(model, x, y, result, *, steps: int, seed: int) -> dict:
 
 
 def run(args) -> int:
-    from certify import data, transfer
+    from certify import transfer
     from certify._jsonio import atomic_write_json, atomic_write_text
+    from certify.commands._common import check_out, default_out, load_data, load_model, run_record, set_summary
 
-    if args.n < 1:
-        raise ValueError(f"--n must be >= 1, got {args.n}")
     if not math.isfinite(args.eps) or args.eps < 0:
-        raise ValueError(f"--eps must be a finite number >= 0 (pixel units), got {args.eps}")
-    if args.attack_steps < 0:
-        raise ValueError(f"--attack-steps must be >= 0, got {args.attack_steps}")
-    model, info = _load(args)
-    encoder, head = transfer.split_model(model)
-    ds = data.load_dataset(args.data or info.get("dataset") or "fashion-mnist", split=args.split)
-    n = min(args.n, len(ds))
+        raise ValueError(f"--eps: must be a finite number >= 0 (pixel units), got {args.eps}")
+    loaded = load_model(args)
+    try:
+        encoder, head = transfer.split_model(loaded.model)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"--checkpoint/--pretrained: {exc}") from None
+    ds = load_data(args.data if args.data is not None else loaded.info.get("dataset"), args.split)
+    out = check_out(args.out if args.out else default_out("transfer", loaded, f"_{args.norm}{args.eps:g}"))
+    n = min(args.max_examples or 100, len(ds))
     x, y = ds.x[:n], ds.y[:n]
     res = transfer.transfer_bounds(encoder, head, x, y, eps=args.eps, norm=args.norm, method=args.method,
-                                   clip=not args.no_clip, batch_size=args.batch_size,
-                                   name=args.pretrained or Path(args.checkpoint).name)
+                                   clip=not args.no_clip, batch_size=args.batch_size, name=loaded.stem)
     payload = res.to_dict()
     text = res.summary()
     if args.attack_steps > 0:
-        check = attack_check(model, x, y, res, steps=args.attack_steps, seed=args.seed)
+        check = attack_check(loaded.model, x, y, res, steps=args.attack_steps, seed=args.seed)
         payload["attack_check"] = check
         text += (f"\n  PGD check ({check['steps']} steps x {check['restarts']} restarts): attack accuracy "
                  f"{check['attack_accuracy']:.4f}; certified examples broken: logit {check['violations_logit']}, "
                  f"pairwise {check['violations_pairwise']}, box {check['violations_box']}; "
                  f"attacked loss above its bound: {check['loss_bound_violations']}")
-    out = Path(args.out)
     atomic_write_json(out / "transfer.json", payload)
+    atomic_write_json(out / "run.json", run_record(args, loaded, ds))
     atomic_write_text(out / "summary.txt", text + "\n")
+    summary = {k: payload[k] for k in ("name", "norm", "eps", "method", "n", "clean_accuracy", "certified_accuracy",
+                                       "mean_loss_bound")}
+    summary["attack_check"] = payload.get("attack_check")
+    set_summary(args, summary)
     if not getattr(args, "quiet", False):
         print(text)
     return 0
