@@ -369,6 +369,7 @@ def _stream(ray: Any, actors: list, units: list, example: Callable[[Any], int], 
 
     def submit(actor: int, pos: int, attempt: int) -> None:
         x, label = dataset[example(units[pos])]
+        x = _own_copy(x)
         inflight[actors[actor].work.remote(units[pos], x, int(label))] = (pos, actor, attempt)
 
     for _ in range(TASKS_PER_WORKER):
@@ -396,6 +397,13 @@ def _stream(ray: Any, actors: list, units: list, example: Callable[[Any], int], 
             position += 1
         if todo:
             submit(actor, todo.popleft(), 1)
+
+
+def _own_copy(x: Any) -> Any:
+    """A tensor with its own storage: a view (``dataset.x[i]``) would be pickled with the whole dataset's storage."""
+    import torch
+
+    return x.clone() if isinstance(x, torch.Tensor) else x
 
 
 def run_on_ray(*, model: Any, source: ModelSource | None, job: Any, units: list, example: Callable[[Any], int],

@@ -350,3 +350,16 @@ def test_cuda_on_a_cluster_without_gpus_is_a_clear_error(ray_session, tmp_path):
     with pytest.raises(ValueError, match="the Ray cluster has no GPU"):
         certify_dataset(_smooth(), load_dataset("digits"), out=tmp_path / "x", workers=1, ray_address=address,
                         device="cuda", **SETTINGS)
+
+
+def test_examples_are_sent_without_the_dataset_storage():
+    """dataset[i] is a view of the whole image tensor; a task must carry the image, not the dataset."""
+    import pickle
+
+    from certify import distributed
+
+    data = load_dataset("digits")
+    x, _ = data[5]
+    sent = distributed._own_copy(x)
+    assert torch.equal(sent, x)
+    assert len(pickle.dumps(sent)) < 4 * x.numel() + 2000 < len(pickle.dumps(x))
