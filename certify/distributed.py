@@ -1,4 +1,4 @@
-"""Certification of a dataset on Ray workers (``certify_dataset(..., workers=N, ray_address=...)``).
+"""Certification of a dataset on Ray workers (``certify_dataset`` / ``semantic_report`` with ``workers=N``).
 
 The work is embarrassingly parallel over examples: each example's certificate depends only on the model, the
 example and its seed :func:`certify.runs.example_seed` ``(seed, idx)``. So
@@ -14,6 +14,9 @@ example and its seed :func:`certify.runs.example_seed` ``(seed, idx)``. So
 * a worker process that dies (killed, out of memory) is restarted by Ray and its examples are certified again
   (the seed makes the retry give the same row), so no row is lost or duplicated; Ctrl-C / SIGTERM on the driver
   kills the actors (and shuts down a Ray instance it started) and leaves a run that resume completes.
+
+The same machinery runs any "job" (:func:`run_on_ray`): :class:`SmoothingJob` (one unit = one example) and
+:class:`certify.semantic.run.SemanticJob` (one unit = one example x perturbation family).
 
 Ray is imported only here and only when ``workers`` is given; it is an optional dependency
 (``pip install 'certify-toolkit[ray]'``). Without ``ray_address`` a local Ray instance is started (and stopped
