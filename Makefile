@@ -47,7 +47,7 @@ install: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q --upgrade pip setuptools wheel
-	$(PY) -m pip install --disable-pip-version-check -q -e '.[test,lint]'
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[test,lint,ray]'
 	# auto_LiRPA 0.3's metadata pins torch<1.13; its runtime deps are in install_requires above.
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps auto-LiRPA==0.3
 	$(PY) -c "import certify, semantic_layers, estimators; from certify.lirpa import _lirpa; _lirpa()"

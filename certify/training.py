@@ -30,7 +30,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ from torch import nn
 from certify import models as zoo
 from certify._modes import eval_mode
 from certify.data import ImageDataset, load_dataset
+from certify.devices import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -119,12 +119,13 @@ def _validate(arch, epochs, sigma, batch_size, lr, augment, eps, adv_fraction, p
 
 
 def evaluate_accuracy(model: nn.Module, dataset: ImageDataset, *, batch_size: int = 1000) -> float:
-    """Clean top-1 accuracy of ``model`` on ``dataset`` (eval mode restored afterwards)."""
+    """Clean top-1 accuracy of ``model`` on ``dataset`` (eval mode restored afterwards), on the model's device."""
+    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
     correct = 0
     with eval_mode(model), torch.inference_mode():
         for start in range(0, len(dataset), batch_size):
-            xb = dataset.x[start:start + batch_size]
-            correct += int((model(xb).argmax(1) == dataset.y[start:start + batch_size]).sum())
+            xb = dataset.x[start:start + batch_size].to(dev)
+            correct += int((model(xb).argmax(1).cpu() == dataset.y[start:start + batch_size]).sum())
     return correct / max(1, len(dataset))
 
 
@@ -157,7 +158,7 @@ def train(arch: str, dataset: str | ImageDataset, *, epochs: int, sigma: float =
           adv_fraction: float = 1.0, pgd_steps: int = 7, init: str | os.PathLike | dict | None = None,
           out: str | os.PathLike | None = None, max_train: int | None = None,
           test_dataset: ImageDataset | None = None, optimizer: str = "adam",
-          verbose: bool = True) -> TrainResult:
+          verbose: bool = True, device: str | torch.device | None = None) -> TrainResult:
     """Train a zoo architecture and (optionally) save ``out`` (state_dict) plus ``out`` with ``.json``.
 
     Args:
@@ -173,11 +174,15 @@ def train(arch: str, dataset: str | ImageDataset, *, epochs: int, sigma: float =
         eps, adv_fraction, pgd_steps: l-inf budget, fraction of each batch made adversarial, PGD steps.
         init: a shipped checkpoint name, a checkpoint path or a state_dict to fine-tune from.
         max_train: use only the first ``max_train`` training images (quick runs and tests).
+        device: ``"cpu"`` (default), ``"cuda"`` or ``"auto"`` (:func:`certify.devices.resolve_device`): where the
+            model trains and the augmentation noise and attack starts are drawn (generators on that device;
+            the shuffling order is drawn on the CPU, so it is the same on every device).
     """
     if augment is None:
         augment = "noise" if sigma else "none"
     _validate(arch, epochs, sigma, batch_size, lr, augment, eps, adv_fraction, pgd_steps, seed, max_train,
               optimizer)
+    dev = resolve_device(device) or torch.device("cpu")
     if test_dataset is not None and not isinstance(test_dataset, ImageDataset):
         raise TypeError(f"test_dataset must be an ImageDataset or None, got {type(test_dataset).__name__}")
     if isinstance(dataset, ImageDataset):
@@ -206,10 +211,11 @@ def train(arch: str, dataset: str | ImageDataset, *, epochs: int, sigma: float =
             raise ValueError(f"{what} has labels up to {int(ds.y.max())} but arch {arch!r} has "
                              f"{model.num_classes} outputs")
     init_name = _load_init(model, init) if init is not None else None
+    model.to(dev)
 
     shuffle_gen = torch.Generator().manual_seed(seed + 1)
-    noise_gen = torch.Generator().manual_seed(seed + 2)
-    attack_gen = torch.Generator().manual_seed(seed + 3)
+    noise_gen = torch.Generator(device=dev).manual_seed(seed + 2)
+    attack_gen = torch.Generator(device=dev).manual_seed(seed + 3)
     if optimizer == "adam":
         optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     else:
@@ -217,34 +223,33 @@ def train(arch: str, dataset: str | ImageDataset, *, epochs: int, sigma: float =
     n = len(train_set)
     steps_per_epoch = math.ceil(n / batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr * 3, total_steps=epochs * steps_per_epoch)
-    show = verbose and sys.stderr.isatty()
-    from tqdm.auto import tqdm
+    from certify._progress import progress
 
     start = time.perf_counter()
     loss_value = float("nan")
     for epoch in range(epochs):
         model.train()
         order = torch.randperm(n, generator=shuffle_gen)
-        bar = tqdm(range(steps_per_epoch), desc=f"{arch} epoch {epoch + 1}/{epochs}", disable=not show,
-                   leave=False)
         running = 0.0
-        for step in bar:
-            idx = order[step * batch_size:(step + 1) * batch_size]
-            xb, yb = train_set.x[idx], train_set.y[idx]
-            if augment == "noise":
-                xb = xb + sigma * torch.randn(xb.shape, generator=noise_gen)
-            elif augment in ("fgsm", "pgd"):
-                k = max(1, round(adv_fraction * len(idx)))
-                x_adv = _adversarial(model, xb[:k], yb[:k], augment, eps, pgd_steps, attack_gen)
-                model.train()
-                xb = torch.cat([x_adv.detach(), xb[k:]])
-            loss = F.cross_entropy(model(xb), yb)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            scheduler.step()
-            running = 0.9 * running + 0.1 * float(loss.detach()) if step else float(loss.detach())
-            if show:
+        with progress(total=steps_per_epoch, desc=f"{arch} epoch {epoch + 1}/{epochs}", unit="step",
+                      enabled=verbose) as bar:
+            for step in range(steps_per_epoch):
+                idx = order[step * batch_size:(step + 1) * batch_size]
+                xb, yb = train_set.x[idx].to(dev), train_set.y[idx].to(dev)
+                if augment == "noise":
+                    xb = xb + sigma * torch.randn(xb.shape, generator=noise_gen, device=dev)
+                elif augment in ("fgsm", "pgd"):
+                    k = max(1, round(adv_fraction * len(idx)))
+                    x_adv = _adversarial(model, xb[:k], yb[:k], augment, eps, pgd_steps, attack_gen)
+                    model.train()
+                    xb = torch.cat([x_adv.detach(), xb[k:]])
+                loss = F.cross_entropy(model(xb), yb)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                scheduler.step()
+                running = 0.9 * running + 0.1 * float(loss.detach()) if step else float(loss.detach())
+                bar.update(1)
                 bar.set_postfix(loss=f"{running:.3f}")
         loss_value = running
         logger.info("%s epoch %d/%d: loss %.4f", arch, epoch + 1, epochs, running)
