@@ -1,7 +1,7 @@
 # Two entry points for a fresh machine (Python 3.11):
 #   make demo   set everything up, then certify Fashion-MNIST test images with the shipped smoothed CNN
 #   make test   set everything up, then run the default test suite
-#   make test-slow-quick   the quick study end to end (the slow-marked quick test; CI runs it after make test)
+#   make test-slow-quick   the quick study end to end and the Ray determinism/fault-tolerance tests (CI runs it)
 # Re-running either on a prepared machine skips the install (stamp file in .venv).
 
 PYTHON ?= python3
@@ -23,6 +23,7 @@ test: install data
 # pool, so the run is reproducible and a busy machine cannot oversubscribe it
 test-slow-quick: install data
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m slow tests/test_study.py -k quick $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m slow tests/test_distributed.py $(PYTEST_ARGS)
 
 # ruff (pyproject.toml: pyflakes, pycodestyle, isort, bugbear subset, complexity <= 15, no print in library code)
 # and mypy on the two independent packages
