@@ -843,7 +843,8 @@ def _dataset_xy(data, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     elif hasattr(data, "x") and hasattr(data, "y"):
         x, y = data.x, data.y
     else:
-        raise TypeError(f"{name} must be a dataset with tensors .x and .y (certify.data.ImageDataset) or an (x, y) pair")
+        raise TypeError(f"{name} must be a dataset with tensors .x and .y (certify.data.ImageDataset) "
+                        "or an (x, y) pair")
     if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
         raise TypeError(f"{name}: x and y must be tensors")
     if x.shape[0] != y.shape[0] or x.shape[0] == 0 or y.ndim != 1:
@@ -1034,7 +1035,8 @@ def compare(radius_report, *, sigma: float = 1.0, radii: Sequence[float] | None 
     if norm != "l2":
         raise ValueError(f"norm must be 'l2' (the Gaussian-mixture reference is an l2 result), got {norm!r}")
     if not hasattr(radius_report, "certified_accuracy"):
-        raise TypeError("radius_report must provide certified_accuracy(radii, norm=...) (a certify.reports.RadiusReport)")
+        raise TypeError("radius_report must provide certified_accuracy(radii, norm=...) "
+                        "(a certify.reports.RadiusReport)")
     try:
         sigma = float(sigma)
     except (TypeError, ValueError):
