@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from certify._jsonio import atomic_write_json, atomic_write_text
+from certify._modes import eval_mode
 from certify._progress import progress
 from certify.reports import ROW_COLUMNS, RadiusReport, row_from_certificate
 from certify.rundir import (
@@ -69,6 +70,7 @@ __all__ = [
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.md"
 PLOT_FILE = "certified_accuracy.png"
+PER_CLASS_PLOT_FILE = "per_class.png"
 #: run.json keys that must agree between a run and its resumption (they determine the rows)
 MATCH_KEYS = ("sigma", "n_select", "n_estimate", "alpha", "seed", "batch_size", "first_order", "num_classes",
               "checkpoint", "model_fingerprint", "dataset", "dataset_fingerprint", "seed_scheme", "sound",
@@ -148,6 +150,7 @@ def render_run(run_dir: str | os.PathLike, *, others: Sequence[RadiusReport] = (
     atomic_write_json(run_dir / SUMMARY_FILE, report.summary())
     atomic_write_text(run_dir / REPORT_FILE, report.to_markdown())
     report.plot(run_dir / PLOT_FILE, others=others, labels=labels)
+    report.plot_per_class(run_dir / PER_CLASS_PLOT_FILE)
     return report
 
 
@@ -248,7 +251,7 @@ def certify_dataset(smooth: Any, dataset: Any, *, out: str | os.PathLike | None 
         return RadiusReport(rows if rows else [], **_report_meta(settings))
 
     with open_run(out, settings=settings, match_keys=MATCH_KEYS, resume=resume, overwrite=overwrite,
-                  artifacts=(SUMMARY_FILE, REPORT_FILE, PLOT_FILE)) as run:
+                  artifacts=(SUMMARY_FILE, REPORT_FILE, PLOT_FILE, PER_CLASS_PLOT_FILE)) as run:
         done = run.done_ints("idx")
         todo = [i for i in indices if i not in done]
         _certify_rows(smooth, dataset, todo, settings, writer=run, verbose=verbose,
@@ -292,13 +295,26 @@ def _on_device(smooth: Any, device: Any, *, local: bool) -> tuple[Any, str]:
                   device=dev), dev.type
 
 
+def base_prediction(smooth: Any, x: Any) -> int | None:
+    """The base classifier's prediction on the clean input (the ``base_predict`` column of the per-class
+    hidden-cost report); None when ``smooth`` is not a :class:`certify.Smooth`."""
+    from certify.smoothing import Smooth
+
+    if not isinstance(smooth, Smooth):
+        return None
+    xp = smooth._prepare(x).unsqueeze(0).to(smooth.dtype)
+    with eval_mode(smooth.model), torch.no_grad():
+        return int(smooth.model(xp).argmax(dim=1)[0])
+
+
 def certify_one(smooth: Any, idx: int, x: Any, label: int, settings: dict) -> dict:
     """The rows.tsv row of example ``idx`` (the one computation shared by the in-process and Ray paths)."""
     t0 = time.perf_counter()
     cert = smooth.certify(x, n_select=settings["n_select"], n_estimate=settings["n_estimate"],
                           alpha=settings["alpha"], batch_size=settings["batch_size"],
                           seed=example_seed(settings["seed"], idx), first_order=settings["first_order"])
-    row = row_from_certificate(idx, int(label), cert, time.perf_counter() - t0)
+    row = row_from_certificate(idx, int(label), cert, time.perf_counter() - t0,
+                               base_predict=base_prediction(smooth, x))
     return {**{c: row[c] for c in ROW_COLUMNS}, **{k: v for k, v in row.items() if k not in ROW_COLUMNS}}
 
 
