@@ -17,6 +17,19 @@ Guarantees (for a fixed input x, over the sampling randomness):
   simultaneously (l2, l1, l_inf balls and per-channel l2 balls), because the failure probabilities of the
   pA lower bound and of every gradient bound add up to at most alpha (``alpha_split``).
 
+Floating point (``sound=True``, Voracek & Hein, ICLR 2023). By default the model sees fl(x + sigma z): the
+statements above hold for the Gaussian noise of exact arithmetic, and a model that reads the rounding pattern
+of the float sum can obtain false certificates. With ``sound=True`` inputs must lie on the 1/255 grid of
+[0, 1]; the noise is drawn exactly on that lattice from random integers (:mod:`estimators.lattice`), the model
+sees a deterministic function of an integer vector, and the certificate holds in exact arithmetic for the base
+classifier x -> model(fl(clip(round(255 x)) / 255)) under Gaussian noise, for every x' with
+||x' - x||_2 < radius (in particular every grid point); p_lower already subtracts the sampler's total-variation
+bound (~1e-13). Zeroth order only.
+
+Precision: noise is drawn and added in float32 (float64 for float64 models), never in float16/bfloat16; a
+half-precision model receives round_to_its_dtype(x + sigma z) computed in float32, i.e. the certified base
+classifier is y -> model(round(y)) (``SmoothingCertificate.model_dtype`` records the dtype).
+
 The radius formulas live in :mod:`estimators.radius` and are re-exported here.
 """
 from __future__ import annotations
@@ -34,8 +47,10 @@ from torch import nn
 
 from certify._checks import check_int
 from certify._modes import eval_mode as _eval_mode
+from certify.devices import resolve_device
 from estimators.confidence import AlphaBudget, binomial_test_pvalue, check_alpha, clopper_pearson_lower
 from estimators.gradient import GradientBounds, gradient_bound_names, gradient_bounds
+from estimators.lattice import LatticeSource, grid_indices, lattice_noise, total_variation
 from estimators.radius import (
     channel_radius_first_order,
     cohen_radius,
@@ -50,6 +65,8 @@ from estimators.sampling import derive_seeds, sample_noise
 
 __all__ = [
     "Smooth",
+    "PIXEL_RANGE",
+    "check_pixels",
     "Prediction",
     "SmoothingCertificate",
     "cohen_radius",
@@ -113,6 +130,9 @@ class SmoothingCertificate:
       alpha_split: failure probability of each bound; values sum to <= alpha.
       gradient: the sigma-unit gradient bounds (GradientBounds.to_dict()) of a first-order certificate, else {}.
       input_shape: shape of the certified example; time_s: wall time of the whole call.
+      sound: True when certified with lattice noise (``Smooth(..., sound=True)``; p_lower then already subtracts
+        the sampler's total-variation bound); model_dtype: the dtype the model received (noise is always drawn
+        and added in float32/float64 and the sum rounded once to this dtype).
     """
 
     label: int
@@ -132,6 +152,8 @@ class SmoothingCertificate:
     input_shape: tuple[int, ...]
     counts_select: tuple[int, ...] = ()
     gradient: dict[str, Any] = field(default_factory=dict)
+    sound: bool = False
+    model_dtype: str = "float32"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -177,35 +199,99 @@ def _model_device_dtype(model) -> tuple[torch.device, torch.dtype]:
 
 
 
+#: the input range Smooth accepts by default: pixels in [0, 1], so sigma and radii are in pixel units
+PIXEL_RANGE = (0.0, 1.0)
+
+
+def _check_input_range(input_range) -> tuple[float, float] | None:
+    if input_range is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in input_range)
+    except (TypeError, ValueError):
+        raise TypeError(f"input_range must be None or (low, high), got {input_range!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"input_range must be None or finite (low, high) with low < high, got {input_range!r}")
+    return lo, hi
+
+
+def check_pixels(x, input_range: tuple[float, float] | None = PIXEL_RANGE) -> None:
+    """Refuse integer images and values outside ``input_range`` (None: no check).
+
+    Smoothing noise and radii are in the units of ``x``; 0-255 pixels or normalised inputs ((x - mean) / std)
+    would silently give radii in other units.
+    """
+    if input_range is None:
+        return
+    if isinstance(x, np.ndarray) and x.dtype.kind in "iuf":
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    if not isinstance(x, torch.Tensor) or x.dtype == torch.bool or x.is_complex():
+        return  # _prepare names the accepted types
+    lo, hi = input_range
+    if not x.is_floating_point():
+        raise TypeError(f"x has integer dtype {x.dtype}: pass float pixels in [{lo:g}, {hi:g}] (e.g. x.float() / 255)")
+    finite = x[torch.isfinite(x)]
+    if finite.numel() and (float(finite.min()) < lo or float(finite.max()) > hi):
+        raise ValueError(
+            f"x must hold pixel values in [{lo:g}, {hi:g}], got values in [{float(finite.min()):g}, "
+            f"{float(finite.max()):g}]: divide 0-255 images by 255 and put normalisation ((x - mean) / std) inside "
+            "the model (certify.models.Normalized), so sigma and radii are in pixel units; "
+            "Smooth(..., input_range=None) turns the check off for inputs that are not images")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Smooth
 # ----------------------------------------------------------------------------------------------------------
 class Smooth:
     """A Gaussian-smoothed classifier around ``model`` (any callable/nn.Module mapping (B, *S) -> (B, K)).
 
-    ``num_classes`` K >= 2, ``sigma`` > 0 is the noise standard deviation in input units. Sampling runs on the
-    model's device (first parameter/buffer; CPU for parameter-free callables) in the model's floating dtype.
-    The model is put in eval mode during sampling and every submodule's mode is restored afterwards.
+    ``num_classes`` K >= 2, ``sigma`` > 0 is the noise standard deviation in input units. Sampling (the model's
+    forward passes and the noise, drawn by a ``torch.Generator`` on that device) runs on ``device``:
+    ``"cpu"``, ``"cuda"``, ``"auto"`` or a ``torch.device`` (:func:`certify.devices.resolve_device`); an
+    ``nn.Module`` model is moved there (``model.to(device)``). With ``device=None`` it runs on the model's device
+    (first parameter/buffer; CPU for parameter-free callables). The noise stream depends on the device type, so
+    certificates are reproducible per device type. Noise is drawn in float32 (float64
+    for float64 models) and the noisy input cast to the model's floating dtype (float16/bfloat16 models receive
+    the float32 sum rounded once). ``sound=True``: floating-point sound lattice noise for inputs on the 1/255
+    grid (see the module docstring; other inputs raise ValueError). The model is put in eval mode during
+    sampling and every submodule's mode is restored afterwards.
     Inputs: ONE example of shape (C, H, W), a flat vector (D,), or any other shape of at most 3 axes that the
     model accepts (it receives batches (B, *shape)); a 4-D (1, C, H, W) input is squeezed to (C, H, W) and a 4-D
-    batch of several examples is rejected. torch tensors or numpy arrays; converted to the model's dtype and
-    device; must be finite. Channels for per-channel radii: C = shape[0] for 3-D inputs, otherwise 1.
+    batch of several examples is rejected. torch tensors or numpy arrays; converted to the noise dtype and the
+    model's device; must be finite. Channels for per-channel radii: C = shape[0] for 3-D inputs, otherwise 1.
+    ``input_range`` (default [0, 1], pixels): inputs outside it and integer dtypes are refused
+    (:func:`check_pixels`); None for inputs that are not images in pixel units.
     """
 
-    def __init__(self, model, num_classes: int, sigma: float):
+    def __init__(self, model, num_classes: int, sigma: float, *,
+                 input_range: tuple[float, float] | None = PIXEL_RANGE, sound: bool = False,
+                 device: str | torch.device | None = None):
         if not callable(model):
             raise TypeError(f"model must be a callable (e.g. torch.nn.Module), got {type(model).__name__}")
+        if not isinstance(sound, bool):
+            raise TypeError(f"sound must be a bool, got {type(sound).__name__}")
         v = _validate(sigma=sigma, num_classes=num_classes)
+        dev = resolve_device(device)
+        if dev is not None and isinstance(model, nn.Module):
+            model.to(dev)
         self.model = model
         self.num_classes = v["num_classes"]
         self.sigma = v["sigma"]
+        self.input_range = _check_input_range(input_range)
+        self.sound = sound
         self.device, self.dtype = _model_device_dtype(model)
+        if dev is not None:
+            self.device = dev
+        self.noise_dtype = self.dtype if self.dtype in (torch.float32, torch.float64) else torch.float32
+        self.lattice = lattice_noise(self.sigma) if sound else None
 
     def __repr__(self) -> str:
-        return f"Smooth(model={type(self.model).__name__}, num_classes={self.num_classes}, sigma={self.sigma})"
+        return (f"Smooth(model={type(self.model).__name__}, num_classes={self.num_classes}, sigma={self.sigma}"
+                f"{', sound=True' if self.sound else ''})")
 
     # -- input ----------------------------------------------------------------------------------------------
     def _prepare(self, x) -> torch.Tensor:
+        check_pixels(x, self.input_range)
         if isinstance(x, np.ndarray):
             if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)) or x.dtype == bool:
                 raise TypeError(f"x must hold real numbers, got dtype {x.dtype}")
@@ -225,9 +311,11 @@ class Smooth:
             raise ValueError(f"x must be one example of shape (C, H, W) or (D,), got shape {tuple(x.shape)}")
         if x.numel() == 0:
             raise ValueError("x must not be empty")
-        x = x.detach().to(device=self.device, dtype=self.dtype).contiguous()
+        x = x.detach().to(device=self.device, dtype=self.noise_dtype).contiguous()
         if not bool(torch.isfinite(x).all()):
             raise ValueError("x must be finite (no NaN or inf)")
+        if self.sound:
+            grid_indices(x)  # raises ValueError off the 1/255 grid
         return x
 
     @staticmethod
@@ -235,8 +323,12 @@ class Smooth:
         return int(x.shape[0]) if x.ndim == 3 else 1
 
     def _sample(self, x, *, n, batch_size, seed, target=None):
+        source = None
+        if self.lattice is not None:
+            source = LatticeSource(grid_indices(x), self.lattice, self.dtype, min(batch_size, n))
         return sample_noise(self.model, x, sigma=self.sigma, n=n, num_classes=self.num_classes,
-                            batch_size=batch_size, seed=seed, target=target)
+                            batch_size=batch_size, seed=seed, target=target, input_dtype=self.dtype,
+                            noise_source=source)
 
     # -- PREDICT --------------------------------------------------------------------------------------------
     def predict(self, x, *, n: int, alpha: float, batch_size: int = 1000, seed: int = 0) -> Prediction:
@@ -244,7 +336,9 @@ class Smooth:
 
         Draws n noisy samples; with n_A >= n_B the top two counts, abstains when the two-sided binomial test
         p-value of n_A out of n_A + n_B at 1/2 exceeds alpha. Guarantee: P(not abstained and label != g(x)) <=
-        alpha. The noise stream is seeded by ``derive_seeds(seed, 1)[0]``.
+        alpha. The noise stream is seeded by ``derive_seeds(seed, 1)[0]``. With ``sound=True`` the statement is
+        about the smoothed classifier of the lattice sampler (within ~1e-13 of the ideal one in every class
+        probability).
         """
         v = _validate(alpha=alpha, seed=seed, n=n, batch_size=batch_size)
         start = time.perf_counter()
@@ -270,13 +364,18 @@ class Smooth:
            half-sample sums of z (1{f = cA} - 1/2).
         3. p_lower = Clopper-Pearson lower bound of n_A / n_estimate at level alpha (zeroth order) or
            alpha_split["p_lower"] = alpha / 2 (first order: the other half is split equally between the
-           gradient bounds, see ``alpha_split``). Abstain when p_lower <= 1/2; else radius = sigma Phi^-1(p_lower).
+           gradient bounds, see ``alpha_split``). With ``sound=True`` the lattice sampler's total-variation bound
+           (:func:`estimators.lattice.total_variation`, ~1e-13) is subtracted. Abstain when p_lower <= 1/2; else
+           radius = sigma Phi^-1(p_lower).
         4. First order: radii from (p_lower, gradient bounds) by :mod:`estimators.radius`; each is raised to at
            least the zeroth-order value for its norm.
         Seeds: the two streams use ``derive_seeds(seed, 2)``.
         """
         if not isinstance(first_order, bool):
             raise TypeError(f"first_order must be a bool, got {type(first_order).__name__}")
+        if first_order and self.sound:
+            raise ValueError("first_order: not available with sound=True (the first-order bounds need the "
+                             "continuous Gaussian noise); use first_order=False")
         v = _validate(alpha=alpha, seed=seed, n_select=n_select, n_estimate=n_estimate, batch_size=batch_size)
         if first_order and v["n_estimate"] < 2:
             raise ValueError("first_order=True needs n_estimate >= 2 (two independent halves)")
@@ -297,6 +396,8 @@ class Smooth:
             budget = AlphaBudget.split(v["alpha"], {"p_lower": 1.0})
         n_a = int(est.counts[label])
         p_lower = float(clopper_pearson_lower(n_a, v["n_estimate"], budget["p_lower"]))
+        if self.lattice is not None:  # the ideal rounded-Gaussian probability is within the TV bound
+            p_lower = max(0.0, p_lower - total_variation(self.lattice, int(xt.numel())))
         abstained = p_lower <= 0.5
         radius = 0.0 if abstained else float(cohen_radius(p_lower, self.sigma))
         radii: dict[str, float] = {}
@@ -316,7 +417,8 @@ class Smooth:
             counts=tuple(int(c) for c in est.counts), alpha_split=budget.to_dict(), sigma=self.sigma,
             n_select=v["n_select"], n_estimate=v["n_estimate"], alpha=v["alpha"], seed=v["seed"],
             time_s=time.perf_counter() - start, first_order=first_order, input_shape=tuple(xt.shape),
-            counts_select=tuple(int(c) for c in sel.counts), gradient=grad)
+            counts_select=tuple(int(c) for c in sel.counts), gradient=grad, sound=self.sound,
+            model_dtype=str(self.dtype).replace("torch.", ""))
 
 
 def _first_order_radii(p: float, gb: GradientBounds, sigma: float, dim: int, channels: int) -> dict[str, float]:

@@ -14,6 +14,14 @@ Memory is O(batch_size * D) regardless of n: one noise buffer and one input buff
 sums cost one (2, B) @ (B, D) matrix product per batch. No per-sample Python work; counts stay on the device
 and are read back once.
 
+Precision: noise is drawn and added in float32 or float64, never in a half dtype: for a float16/bfloat16 x the
+sum x + sigma z is formed in float32 and rounded once to ``input_dtype`` (default x's dtype) for the
+classifier, so the certified base classifier is y -> classifier(round(y)) with Gaussian y in float32.
+
+Noise source hook: ``noise_source(b, generator)`` replaces x + sigma z by any batch of classifier inputs
+(e.g. the lattice noise of :mod:`estimators.lattice`); first-order sums need the Gaussian z and are then
+unavailable.
+
 Determinism: all noise comes from one ``torch.Generator`` on x's device, seeded with ``seed`` (or supplied by
 the caller) and consumed batch by batch (``normal_`` on a (B, *S) buffer). Results are identical for the same
 (seed, n, batch_size, input, device type, torch version); a different batch_size changes how the generator's
@@ -76,6 +84,20 @@ def make_generator(seed: int, device) -> torch.Generator:
     return gen
 
 
+def _check_hooks(x: torch.Tensor, target, input_dtype, noise_source) -> torch.dtype:
+    """Validate ``noise_source`` / ``input_dtype`` of :func:`sample_noise`; returns the classifier input dtype."""
+    if noise_source is not None:
+        if not callable(noise_source):
+            raise TypeError(f"noise_source must be callable, got {type(noise_source).__name__}")
+        if target is not None:
+            raise ValueError("first-order sums (target) need Gaussian noise, not a noise_source")
+    if input_dtype is None:
+        return x.dtype
+    if not (isinstance(input_dtype, torch.dtype) and input_dtype.is_floating_point):
+        raise TypeError(f"input_dtype must be a floating torch.dtype, got {input_dtype!r}")
+    return input_dtype
+
+
 def sample_noise(
     classifier: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
@@ -88,13 +110,17 @@ def sample_noise(
     generator: Optional[torch.Generator] = None,
     target: Optional[int] = None,
     progress: bool = False,
+    input_dtype: Optional[torch.dtype] = None,
+    noise_source: Optional[Callable[[int, torch.Generator], torch.Tensor]] = None,
 ) -> SampleStats:
     """Evaluate ``classifier`` on n noisy copies x + sigma z and return counts (and first-order sums).
 
     ``x`` is ONE example (a tensor of any shape, already on the classifier's device and dtype). Exactly one of
     ``seed`` / ``generator`` must be given. ``classifier(batch)`` must return a (B, num_classes) tensor of
-    finite scores; anything else raises ValueError. See the module docstring for the outputs and what is
-    deterministic.
+    finite scores; anything else raises ValueError. ``input_dtype``: the dtype the classifier receives (default
+    x's dtype); noise is drawn in float32 when x or input_dtype is a half dtype, else in x's dtype.
+    ``noise_source(b, generator)``: returns the (b, *S) classifier inputs instead of x + sigma z (no ``target``).
+    See the module docstring for the outputs and what is deterministic.
     """
     if not callable(classifier):
         raise TypeError(f"classifier must be callable, got {type(classifier).__name__}")
@@ -120,10 +146,13 @@ def sample_noise(
             raise ValueError(f"target must be in [0, {num_classes}), got {target}")
         if n < 2:
             raise ValueError("first-order sums need n >= 2 (two halves)")
+    input_dtype = _check_hooks(x, target, input_dtype, noise_source)
 
     shape = tuple(x.shape)
     dim = int(x.numel())
-    device, dtype = x.device, x.dtype
+    device = x.device
+    dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32  # the noise dtype
+    x = x.to(dtype)
     bs = min(batch_size, n)
     start = time.perf_counter()
 
@@ -136,7 +165,6 @@ def sample_noise(
         hits = torch.zeros(2, dtype=torch.int64, device=device)
         parity = torch.arange(bs, device=device) % 2
         half_mask = torch.stack([parity == 0, parity == 1]).to(dtype)  # (2, bs) for an even start index
-        acc_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
     bar = None
     if progress and sys.stderr.isatty():
@@ -149,8 +177,13 @@ def sample_noise(
         while done < n:
             b = min(bs, n - done)
             z = noise[:b]
-            z.normal_(generator=generator)
-            batch = torch.add(x, z, alpha=float(sigma), out=inputs[:b])
+            if noise_source is not None:
+                batch = noise_source(b, generator)
+            else:
+                z.normal_(generator=generator)
+                batch = torch.add(x, z, alpha=float(sigma), out=inputs[:b])
+                if input_dtype != dtype:  # round the float32 sum once to the classifier's dtype
+                    batch = batch.to(input_dtype)
             if not checked:
                 try:
                     scores = classifier(batch)
@@ -175,8 +208,6 @@ def sample_noise(
                 mask = half_mask[:, :b] if done % 2 == 0 else half_mask.flip(0)[:, :b]
                 weights = mask * (hit.to(dtype) - 0.5)  # (2, b)
                 zf = z.reshape(b, dim)
-                if acc_dtype != dtype:  # half precision models: accumulate the matmul in float32
-                    weights, zf = weights.to(acc_dtype), zf.to(acc_dtype)
                 sums += (weights @ zf).to(torch.float64)
                 hits += (mask * hit.to(dtype)).sum(dim=1).to(torch.int64)
             done += b

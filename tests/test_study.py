@@ -22,7 +22,8 @@ from certify.reports import RadiusReport
 def _report(radii, correct, abstained=None):
     n = len(radii)
     abstained = abstained or [False] * n
-    rows = [dict(idx=10 * i, label=i % 3, predict=i % 3 if c else (i + 1) % 3, abstained=a, p_lower=0.9 if not a else 0.4,
+    rows = [dict(idx=10 * i, label=i % 3, predict=i % 3 if c else (i + 1) % 3, abstained=a,
+                 p_lower=0.9 if not a else 0.4,
                  radius=0.0 if a else r, correct=bool(c and not a), time=0.1)
             for i, (r, c, a) in enumerate(zip(radii, correct, abstained))]
     return RadiusReport(rows, sigma=0.25, alpha=0.001)
@@ -160,7 +161,8 @@ def test_rank_correlation_matches_scipy_and_states_n():
     # critical |rho| for n = 7 at 5% (t approximation): p at the critical value <= 0.05, just below it > 0.05
     crit = res["critical_rho_5pct"]
     assert 0.7 < crit < 0.85
-    assert study.rank_correlation([1, 2], [2, 1])["spearman_rho"] != study.rank_correlation([1, 2], [2, 1])["spearman_rho"]
+    undefined = study.rank_correlation([1, 2], [2, 1])["spearman_rho"]
+    assert undefined != undefined     # NaN: fewer than 3 points
     with pytest.raises(ValueError):
         study.rank_correlation([1, 2, 3], [1, 2])
     # exact permutation p-value: a perfect ranking of 5 items is matched (|rho| = 1) by 2 of 5! orderings
@@ -202,6 +204,14 @@ def test_presets_and_bad_configurations():
         study.StudyConfig(name="x", models=(m,), perturbations=("hue",))
     with pytest.raises(TypeError, match="config"):
         study.run_study("unused", config={"name": "x"})
+    with pytest.raises(TypeError, match="quick"):
+        study.run_study("unused", quick="yes")
+    with pytest.raises(ValueError, match="seed"):
+        study.run_study("unused", seed=-1)
+    with pytest.raises(TypeError, match="verbose"):
+        study.run_study("unused", config=q, verbose="no")
+    # results.json's config reads back as the same configuration
+    assert study.StudyConfig.from_dict(json.loads(json.dumps(f.to_dict()))) == f
 
 
 def test_example_indices_are_evenly_spaced():
@@ -254,7 +264,7 @@ def test_tiny_study_writes_report_results_plots_and_passes_its_checks(tiny_study
     for name in ("plain", "noisy", "ft"):
         for chk in res.models[name]["smooth_attack"]["checks"]:
             assert chk["n"] == 8 and chk["violations"] == 0
-        for fam, chk in res.models[name]["semantic"]["families"].items():
+        for chk in res.models[name]["semantic"]["families"].values():
             # the study's reading of the semantic rows agrees with SemanticReport's own accuracy
             assert chk["certified_accuracy"] == pytest.approx(chk["report_certified_accuracy"])
             assert chk["attack_robust_accuracy"] == pytest.approx(chk["report_attack_accuracy"])
@@ -290,6 +300,25 @@ def test_tiny_study_writes_report_results_plots_and_passes_its_checks(tiny_study
     assert all(p.is_file() for p in res.plots)
 
 
+def test_typed_stage_results_match_results_json_and_the_headline_table(tiny_study):
+    out, res = tiny_study
+    data = json.loads((out / "results.json").read_text())
+    for name, stages in res.stages.items():
+        # the typed results are what results.json holds, and read back from it unchanged
+        assert stages.to_dict() == data["models"][name]
+        assert study.ModelStages.from_dict(data["models"][name]).to_dict() == data["models"][name]
+        assert stages.smoothing.n == 8 and stages.smoothing.norms["l2"].first is not None
+        assert stages.attacks.find("pgd", "linf", 0.1).n == 60
+        assert set(stages.semantic.families) == {"brightness", "contrast", "rotation"}
+        assert all(c.n == 8 for c in stages.smooth_attack.checks)
+    # the README's table from results.json is the report's summary
+    table = study.headline_table(out / "results.json")
+    assert table.splitlines()[0].startswith("| model | clean acc |")
+    assert [line.split(" | ")[0] for line in table.splitlines()[2:5]] == ["| plain", "| noisy", "| ft"]
+    assert table.splitlines()[2] in res.report.read_text()
+    assert "rotation in degrees" in table          # units as the perturbation states them
+
+
 def test_tiny_study_resumes_from_its_caches(tiny_study):
     out, first = tiny_study
     again = study.run_study(out, config=_tiny_config(), verbose=False)
@@ -308,6 +337,23 @@ def test_tiny_study_resumes_from_its_caches(tiny_study):
     history = json.loads((out / "invocations.json").read_text())
     assert [h["stages_computed"] for h in history[-3:]] == [3 * 10, 0, 3]   # 3 models x (training + 9 stages)
     assert changed.timings["total_wall_time_s"] == pytest.approx(sum(h["wall_time_s"] for h in history))
+
+
+def test_runner_folders_of_other_settings_are_started_afresh(tiny_study):
+    out, _ = tiny_study
+    cfg = _tiny_config(models=_tiny_config().models[:1], n_select=40)
+    res = study.run_study(out, config=cfg, verbose=False)
+    t = res.timings["per_model"]["plain"]
+    assert t["smoothing"]["cached"] is False and t["semantic"]["cached"] is True
+    assert json.loads((out / "smoothing" / "plain" / "run.json").read_text())["n_select"] == 40
+    # the semantic runner's folder too (its resume check raises ResumeMismatchError, the study starts over)
+    cfg = _tiny_config(models=_tiny_config().models[:1], n_select=40,
+                       semantic_kwargs={"attack_grid": 201, "attack_steps": 4})
+    res = study.run_study(out, config=cfg, verbose=False)
+    t = res.timings["per_model"]["plain"]
+    assert t["semantic"]["cached"] is False and t["smoothing"]["cached"] is True
+    assert json.loads((out / "semantic" / "plain" / "run.json").read_text())["attack_steps"] == 4
+    assert res.models["plain"]["smoothing"]["n"] == 8 and res.consistency["violations"] == 0
 
 
 def test_interrupted_study_leaves_a_partial_report_and_resumes(tmp_path, monkeypatch):
@@ -334,7 +380,7 @@ def test_interrupted_study_leaves_a_partial_report_and_resumes(tmp_path, monkeyp
 
 
 # --------------------------------------------------------------------------------------------
-# the quick study through the command line (slow: several minutes)
+# the quick study through the command line (slow; make test-slow-quick)
 # --------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_certify_study_quick_cli(tmp_path, capsys):
@@ -344,8 +390,13 @@ def test_certify_study_quick_cli(tmp_path, capsys):
         pytest.skip("Fashion-MNIST (Debian dataset-fashion-mnist) not installed")
     from certify import cli
 
-    torch.set_num_threads(2)
-    rc = cli.main(["study", "--out", str(tmp_path), "--quick"])
+    # one torch thread: reproducible, and a shared machine cannot oversubscribe it (make test-slow-quick also
+    # sets OMP_NUM_THREADS=1 for the BLAS and OpenMP pools)
+    threads = torch.get_num_threads()
+    try:
+        rc = cli.main(["study", "--out", str(tmp_path), "--quick", "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
     printed = capsys.readouterr().out
     assert rc == 0, printed
     data = json.loads((tmp_path / "results.json").read_text())

@@ -22,6 +22,10 @@ import argparse
 import json
 import logging
 
+from certify.commands import _common
+from certify.commands._common import add_model_arguments, add_run_arguments, nonnegative_int, positive_int
+from certify.distributed import ModelSource, add_workers_arguments, workers_from_args
+
 logger = logging.getLogger(__name__)
 
 HELP = "semantic perturbation verification (auto_LiRPA over semantic layers): certified vs attack ranges"
@@ -55,15 +59,10 @@ def _max_param(text: str):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="model file (state_dict for --arch, or TorchScript / torch.export)")
-    src.add_argument("--pretrained", metavar="NAME",
-                     help="a shipped zoo checkpoint (certify.models.available_pretrained())")
-    parser.add_argument("--arch", help="architecture of --checkpoint: a zoo name or path/to/file.py:ClassName")
-    parser.add_argument("--trust", action="store_true", help="allow unpickling arbitrary objects from --checkpoint")
+    add_model_arguments(parser)
     parser.add_argument("--data", default=None,
                         help="dataset name or path (default: the pretrained model's dataset, else fashion-mnist)")
-    parser.add_argument("--split", default="test", help="dataset split (default test)")
+    parser.add_argument("--split", default="test", choices=("test", "train"), help="dataset split (default test)")
     parser.add_argument("--perturbation", default="brightness,contrast,rotation",
                         help="comma-separated families (semantic_layers.available()); "
                              "default brightness,contrast,rotation")
@@ -74,41 +73,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="requested range: R (= [-R, R]), lo:hi, or per family name=R,name=lo:hi "
                              "(default: each family's default range). For brightness_contrast, R1:R2 means "
                              "[-R1, R1] x [-R2, R2]. Write a negative start as --max-param=-5:10")
-    parser.add_argument("--max", dest="max_examples", type=int, default=None, help="certify at most N examples")
-    parser.add_argument("--skip", type=int, default=1, help="take every SKIP-th example (default 1)")
-    parser.add_argument("--n-splits", type=int, default=None,
+    parser.add_argument("--skip", type=positive_int, default=1, help="take every SKIP-th example (default 1)")
+    parser.add_argument("--n-splits", type=positive_int, default=None,
                         help="initial sub-intervals per range (default 8; 32 for rotation)")
-    parser.add_argument("--max-refine", type=int, default=None,
+    parser.add_argument("--max-refine", type=nonnegative_int, default=None,
                         help="bisection levels of a failing sub-interval (default 4; 6 for rotation)")
-    parser.add_argument("--attack-grid", type=int, default=201, help="parameter grid of the flip search (201)")
-    parser.add_argument("--attack-steps", type=int, default=20, help="gradient / bisection steps of the flip search")
+    parser.add_argument("--attack-grid", type=positive_int, default=201,
+                        help="parameter grid of the flip search (201)")
+    parser.add_argument("--attack-steps", type=nonnegative_int, default=20,
+                        help="gradient / bisection steps of the flip search")
     parser.add_argument("--no-attack", action="store_true", help="skip the flip search")
-    parser.add_argument("--batch-size", type=int, default=32, help="parameter boxes per bound call (32)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", "--batch", dest="batch_size", type=positive_int, default=32,
+                        help="parameter boxes per bound call (32)")
     parser.add_argument("--pivot", default=None,
                         help="contrast / brightness_contrast pivot: 0.5 (default, Semantify-NN), 'mean' "
                              "(torchvision adjust_contrast) or 0 (pivot 0)")
     parser.add_argument("--fill", default=None,
                         help="rotation fill: 'none' (default, zero padding) or a number in [0, 1] "
                              "(torchvision's masked fill; 0 is RandomRotation's default)")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                        help="continue the run in --out, skipping finished examples (default: on; settings "
-                             "must match)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="with --no-resume: delete the rows already in --out and start over")
-
-
-def _load_model(args):
-    from certify import models
-
-    if args.pretrained:
-        model = models.pretrained(args.pretrained)
-        info = dict(models.pretrained_info(args.pretrained))
-        return model, info
-    from certify.checkpoints import load_checkpoint
-
-    return load_checkpoint(args.checkpoint, arch=args.arch, trust=args.trust), {}
+    add_run_arguments(parser)
+    add_workers_arguments(parser)
 
 
 def _family_options(name: str, args) -> dict:
@@ -135,9 +119,10 @@ def _family_options(name: str, args) -> dict:
 
 def run(args) -> int:
     import semantic_layers
-    from certify import data
     from certify.semantic import semantic_report
 
+    _common.check_resume_flags(args)
+    workers, ray_address = workers_from_args(args)
     names = [n.strip().lower() for n in args.perturbation.split(",") if n.strip()]
     if not names:
         raise ValueError("--perturbation needs at least one family name; available: "
@@ -146,21 +131,21 @@ def run(args) -> int:
     for flag, families in (("pivot", ("contrast", "brightness_contrast")), ("fill", ("rotation",))):
         if getattr(args, flag) is not None and not set(families) & set(names):
             raise ValueError(f"--{flag} applies to {', '.join(families)}, which --perturbation does not list")
-    if args.overwrite and args.resume:
-        raise ValueError("--overwrite: only with --no-resume (it deletes the rows already in --out)")
-    model, info = _load_model(args)
-    dataset_name = args.data or info.get("dataset") or "fashion-mnist"
-    dataset = data.load_dataset(dataset_name, split=args.split)
+    loaded = _common.load_model(args)
+    dataset = _common.load_data(args.data or loaded.info.get("dataset") or "fashion-mnist", args.split)
+    _common.check_model_and_data(loaded.model, dataset, num_classes=args.num_classes)
+    out = _common.check_out(args.out or _common.default_out("semantic", loaded))
     report = semantic_report(
-        model, dataset, perturbations, out=args.out, method=args.method, max_param=args.max_param,
+        loaded.model, dataset, perturbations, out=out, method=args.method, max_param=args.max_param,
         max_examples=args.max_examples, skip=args.skip, resume=args.resume, overwrite=args.overwrite,
-        n_splits=args.n_splits,
-        max_refine=args.max_refine, attack=not args.no_attack, attack_grid=args.attack_grid,
+        n_splits=args.n_splits, max_refine=args.max_refine, attack=not args.no_attack, attack_grid=args.attack_grid,
         attack_steps=args.attack_steps, batch_size=args.batch_size, seed=args.seed, baseline=args.baseline,
-        verbose=not getattr(args, "quiet", False))
+        verbose=not args.quiet, workers=workers, ray_address=ray_address,
+        model_source=ModelSource.from_args(args) if workers else None)
+    _common.add_to_run_json(out, _common.run_record(args, loaded, dataset))
     summary = report.summary()
-    if not getattr(args, "quiet", False):
-        print(report.to_markdown())
-        print(f"rows, summary and plots written to {args.out}")
+    print(report.to_markdown())
+    print(f"rows, summary and plots written to {out}")
     logger.debug("summary: %s", json.dumps(summary, default=str))
+    _common.set_summary(args, {"out": str(out), **summary})
     return 0
