@@ -12,9 +12,10 @@ def certify_1d(bounder: _Bounder, lo: float, hi: float, *, n_splits: int, max_re
     """Largest [c_lo, c_hi] around 0 inside [lo, hi] whose pieces verify; returns (c_lo, c_hi, n_refined).
 
     Both sides of 0 are bounded together: first ``n_splits`` pieces (shared between the sides in proportion
-    to their length), then, round by round, the failing piece nearest to 0 on each side is cut into 4 (two
-    bisection levels; one when only one is left) and the new pieces of both sides are bounded in one call,
-    until every side is verified to its end or its failing piece is ``max_refine`` levels deep."""
+    to their length), then, round by round, the failing piece nearest to 0 on each side is cut
+    into 4 (two bisection levels; one when only one is left) and the new pieces of both sides are bounded in
+    one call, until every side is verified to its end or its first failing piece is ``max_refine`` levels
+    deep."""
     total = hi - lo
     sides: dict[int, list] = {}
     for sign, end in ((-1, lo), (1, hi)):
@@ -32,25 +33,43 @@ def certify_1d(bounder: _Bounder, lo: float, hi: float, *, n_splits: int, max_re
         new: list = []
         for sign in sorted(open_sides):
             side = sides[sign]
-            first = next((i for i, q in enumerate(side) if q[3] <= tol), None)
-            if first is None:
+            failing = [i for i, q in enumerate(side) if q[3] <= tol]
+            if not failing:
                 open_sides.discard(sign)
                 continue
-            inner, outer, depth, _ = side[first]
-            if depth >= max_refine:
-                ends[sign] = inner
+            if side[failing[0]][2] >= max_refine:
+                ends[sign] = side[failing[0]][0]
                 open_sides.discard(sign)
                 continue
-            levels = min(2, max_refine - depth)
-            cuts = torch.linspace(inner, outer, 2 ** levels + 1, dtype=torch.float64).tolist()
-            cuts[0], cuts[-1] = inner, outer
-            subs = [[a, b, depth + levels, None] for a, b in zip(cuts[:-1], cuts[1:])]
-            side[first:first + 1] = subs
-            new += subs
-            n_refined += 1
+            # the failing pieces nearest to 0 (up to _REFINE_AHEAD, stopping at one that cannot be cut further)
+            chosen = []
+            for i in failing[:_REFINE_AHEAD]:
+                if side[i][2] >= max_refine:
+                    break
+                chosen.append(i)
+            for i in reversed(chosen):
+                subs = _cut(side[i], max_refine)
+                side[i:i + 1] = subs
+                new += subs
+                n_refined += 1
         if new:
             _bound_pieces(bounder, new, pieces)
     return ends[-1], ends[1], n_refined
+
+
+# failing pieces of one side cut per round, nearest to 0 first (more per round costs more rows than it saves calls)
+_REFINE_AHEAD = 1
+# bisection levels per cut
+_LEVELS = 2
+
+
+def _cut(piece: list, max_refine: int) -> list:
+    """A piece [inner, outer, depth, lb] cut into 4 (two bisection levels; one when only one is left)."""
+    inner, outer, depth, _ = piece
+    levels = min(_LEVELS, max_refine - depth)
+    cuts = torch.linspace(inner, outer, 2 ** levels + 1, dtype=torch.float64).tolist()
+    cuts[0], cuts[-1] = inner, outer
+    return [[a, b, depth + levels, None] for a, b in zip(cuts[:-1], cuts[1:])]
 
 
 def _bound_pieces(bounder: _Bounder, side: list, pieces: list) -> None:
