@@ -16,6 +16,10 @@ produced them. Row columns (``ROW_COLUMNS``):
 ``time``       seconds spent on the example
 =============  ===========================================================================
 
+Rows written by :func:`row_from_certificate` also have ``n_used``, the estimation samples the certificate
+drew (``n_estimate`` for fixed-n certificates, fewer when a sequential certificate stopped early); reports
+then show samples used (mean, median, max) and :meth:`RadiusReport.plot_samples` draws their ECDF.
+
 First-order runs (Mohapatra et al. 2020) add ``radius_l2``, ``radius_l1``, ``radius_linf`` and
 ``radius_channel_<k>`` (l2 radius of perturbations confined to colour channel k).
 
@@ -151,6 +155,9 @@ def row_from_certificate(idx: int, label: int, cert: Any, time_s: float | None =
         "correct": (not abstained) and predict == int(label),
         "time": float(cert.time_s if time_s is None else time_s),
     }
+    n_used = getattr(cert, "n_used", None) or getattr(cert, "n_estimate", None)
+    if n_used is not None:
+        row["n_used"] = int(n_used)
     if bool(getattr(cert, "first_order", False)):
         radii = dict(cert.radii or {})
         if not radii and not abstained:
@@ -455,8 +462,19 @@ class RadiusReport:
             "abstain_rate": self.abstain_rate,
             "acr": self.acr,
             "mean_time_s": float(np.nanmean(times)) if len(times) else float("nan"),
+            **({"samples_used": self.samples_used()} if "n_used" in self.rows.columns else {}),
             "norms": norms,
         }
+
+    def samples_used(self) -> dict:
+        """Estimation samples per example (``n_used`` column): mean, median, max, min and total."""
+        if "n_used" not in self.rows.columns:
+            raise ValueError("the rows have no n_used column (written by certify since sequential certificates)")
+        v = self.rows["n_used"].to_numpy(dtype=float)
+        if not len(v):
+            return {"mean": float("nan"), "median": float("nan"), "max": 0, "min": 0, "total": 0}
+        return {"mean": float(v.mean()), "median": float(np.median(v)), "max": int(v.max()), "min": int(v.min()),
+                "total": int(v.sum())}
 
     # ------------------------------------------------------------------ text output
     def to_markdown(self, radii: Mapping[str, Sequence[float]] | None = None) -> str:
@@ -471,7 +489,12 @@ class RadiusReport:
                   f"- clean accuracy of the smoothed classifier: {s['clean_accuracy']:.3f}",
                   f"- abstain rate: {s['abstain_rate']:.3f}",
                   f"- average certified l2 radius (ACR): {s['acr']:.4f}",
-                  f"- mean time per example: {s['mean_time_s']:.2f} s", ""]
+                  f"- mean time per example: {s['mean_time_s']:.2f} s"]
+        if "samples_used" in s:
+            u = s["samples_used"]
+            lines.append(f"- estimation samples per example: mean {u['mean']:,.0f}, median {u['median']:,.0f}, "
+                         f"max {u['max']:,}" + (f" (n_estimate {s['n_estimate']:,})" if s.get("n_estimate") else ""))
+        lines.append("")
         lines.append("Certified accuracy = fraction of all examples that are correct, not abstained and "
                      "certified at radius >= r (pixel units, inputs in [0, 1]).")
         if self.first_order:
@@ -621,6 +644,30 @@ class RadiusReport:
             ax.legend(fontsize=7, loc="lower left")
         if title or len(panel_norms) > 1:
             fig.suptitle(title or f"Certified accuracy: {self.label_text()}")
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=dpi)
+        return path
+
+
+    def plot_samples(self, path: str | os.PathLike, *, dpi: int = 120) -> Path:
+        """ECDF of the estimation samples used per example (``n_used``, log x axis) as a PNG."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        used = self.samples_used()
+        v = np.sort(self.rows["n_used"].to_numpy(dtype=float))
+        fig = Figure(figsize=(4.6, 3.6))
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot(1, 1, 1)
+        ax.step(v, np.arange(1, len(v) + 1) / max(len(v), 1), where="post", lw=1.6)
+        ax.set_xscale("log")
+        ax.set_xlabel("estimation samples used per example")
+        ax.set_ylabel("fraction of examples")
+        ax.set_ylim(0.0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.set_title(f"{self.label_text()}: mean {used['mean']:,.0f}, median {used['median']:,.0f}", fontsize=9)
         fig.tight_layout()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,8 +8,8 @@ of a dataset and, with ``out=DIR``, keeps a run directory:
   the dataset) plus the example selection and library versions; written before the first row;
 * ``rows.tsv``: one line per example (:mod:`certify.reports` format), appended, flushed and fsync'ed
   as soon as the example is done, so a killed run loses at most the example in flight;
-* at the end ``summary.json``, ``report.md`` and ``certified_accuracy.png`` (rendered from rows.tsv,
-  so they cover every row in the directory).
+* at the end ``summary.json``, ``report.md``, ``certified_accuracy.png`` and ``samples_used.png`` (ECDF of
+  the estimation samples per example), rendered from rows.tsv, so they cover every row in the directory.
 
 Resuming (``resume=True``, the default) re-reads run.json and refuses (ValueError naming each
 differing setting) when the settings differ, so rows from different settings never mix; a truncated
@@ -63,10 +63,12 @@ RUN_FILE = "run.json"
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.md"
 PLOT_FILE = "certified_accuracy.png"
+SAMPLES_PLOT_FILE = "samples_used.png"
 LOCK_FILE = ".lock"
 #: run.json keys that must agree between a run and its resumption (they determine the rows)
 MATCH_KEYS = ("sigma", "n_select", "n_estimate", "alpha", "seed", "batch_size", "first_order", "num_classes",
-              "checkpoint", "model_fingerprint", "dataset", "dataset_fingerprint", "seed_scheme")
+              "checkpoint", "model_fingerprint", "dataset", "dataset_fingerprint", "seed_scheme",
+              "sequential", "target_radius", "radius_tol")
 SEED_SCHEME = "numpy.SeedSequence([seed, idx]) -> uint64 >> 1"
 
 
@@ -253,7 +255,8 @@ def _report_meta(settings: dict) -> dict:
     shape = settings.get("input_shape")
     meta["input_shape"] = tuple(shape) if shape else None
     meta["extra"] = {k: settings[k] for k in ("batch_size", "start", "skip", "max_examples", "versions",
-                                             "model_fingerprint", "dataset_fingerprint", "split") if k in settings}
+                                             "model_fingerprint", "dataset_fingerprint", "split", "sequential",
+                                             "target_radius", "radius_tol") if k in settings}
     meta["source"] = "certify"
     return {k: v for k, v in meta.items() if v is not None}
 
@@ -268,6 +271,8 @@ def render_run(run_dir: str | os.PathLike, *, others: Sequence[RadiusReport] = (
     _write_json(run_dir / SUMMARY_FILE, report.summary())
     (run_dir / REPORT_FILE).write_text(report.to_markdown())
     report.plot(run_dir / PLOT_FILE, others=others, labels=labels)
+    if "n_used" in report.rows.columns:
+        report.plot_samples(run_dir / SAMPLES_PLOT_FILE)
     return report
 
 
@@ -293,7 +298,8 @@ def certify_dataset(smooth: Any, dataset: Any, *, out: str | os.PathLike | None 
                     n_select: int, n_estimate: int, alpha: float, batch_size: int = 1000, seed: int = 0,
                     first_order: bool = False, skip: int = 1, max_examples: int | None = None, start: int = 0,
                     verbose: bool = True, checkpoint: str | None = None, dataset_name: str | None = None,
-                    overwrite: bool = False, render: bool = True) -> RadiusReport:
+                    overwrite: bool = False, render: bool = True, sequential: bool = False,
+                    target_radius: float | None = None, radius_tol: float = 0.01) -> RadiusReport:
     """Certify examples of ``dataset`` with ``smooth.certify`` and collect a :class:`RadiusReport`.
 
     Args:
@@ -302,7 +308,8 @@ def certify_dataset(smooth: Any, dataset: Any, *, out: str | os.PathLike | None 
         out: run directory (see module docstring); None keeps everything in memory.
         resume: continue a run in ``out`` (settings must match). With ``resume=False`` an existing
             run is an error unless ``overwrite=True``, which deletes its rows first.
-        n_select, n_estimate, alpha, batch_size, seed, first_order: passed to ``smooth.certify``
+        n_select, n_estimate, alpha, batch_size, seed, first_order, sequential, target_radius, radius_tol:
+            passed to ``smooth.certify``
             (the seed of example idx is :func:`example_seed` ``(seed, idx)``).
         skip, max_examples, start: which examples (:func:`select_indices`); may change on resume.
         verbose: tqdm progress bar (examples done, rate, ETA; off when not a TTY).
@@ -319,8 +326,9 @@ def certify_dataset(smooth: Any, dataset: Any, *, out: str | os.PathLike | None 
     """
     from certify.smoothing import _validate  # the one place budgets are validated
 
-    v = _validate(alpha=alpha, seed=seed, n_select=n_select, n_estimate=n_estimate, batch_size=batch_size)
-    for name, flag in (("first_order", first_order), ("resume", resume), ("verbose", verbose),
+    v = _validate(alpha=alpha, seed=seed, n_select=n_select, n_estimate=n_estimate, batch_size=batch_size,
+                  target_radius=target_radius, radius_tol=radius_tol)
+    for name, flag in (("first_order", first_order), ("sequential", sequential), ("resume", resume), ("verbose", verbose),
                        ("overwrite", overwrite), ("render", render)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
@@ -354,6 +362,8 @@ def certify_dataset(smooth: Any, dataset: Any, *, out: str | os.PathLike | None 
         "max_examples": max_examples,
         "versions": _versions(),
     }
+    if sequential:  # absent for fixed-n runs, so their run.json (and resumption) is unchanged
+        settings.update(sequential=True, target_radius=v.get("target_radius"), radius_tol=v["radius_tol"])
     if out is None:
         rows = _certify_rows(smooth, dataset, indices, settings, writer=None, verbose=verbose)
         return RadiusReport(rows if rows else [], **_report_meta(settings))
@@ -418,6 +428,12 @@ class _RowWriter:
         os.fsync(self.f.fileno())
 
 
+def _sequential_kwargs(settings: dict) -> dict:
+    if not settings.get("sequential"):
+        return {}
+    return {"sequential": True, "target_radius": settings.get("target_radius"), "radius_tol": settings["radius_tol"]}
+
+
 def _certify_rows(smooth, dataset, indices, settings, *, writer, verbose, already: int = 0) -> list[dict]:
     from tqdm.auto import tqdm
 
@@ -434,7 +450,8 @@ def _certify_rows(smooth, dataset, indices, settings, *, writer, verbose, alread
             t0 = time.perf_counter()
             cert = smooth.certify(x, n_select=settings["n_select"], n_estimate=settings["n_estimate"],
                                   alpha=settings["alpha"], batch_size=settings["batch_size"],
-                                  seed=example_seed(settings["seed"], idx), first_order=settings["first_order"])
+                                  seed=example_seed(settings["seed"], idx), first_order=settings["first_order"],
+                                  **_sequential_kwargs(settings))
             row = row_from_certificate(idx, label, cert, time.perf_counter() - t0)
             if writer is not None:
                 writer.write(row)

@@ -4,6 +4,7 @@ Example::
 
     certify smooth --pretrained fmnist_cnn_sigma0.25 --max 100 --skip 100 --first-order --out runs/fmnist
     certify smooth --checkpoint model.pt --arch fmnist_cnn --data fmnist --sigma 0.25 --out runs/mine
+    certify smooth --pretrained fmnist_cnn_sigma0.25 --sequential --target-radius 0.5 --n-estimate 100000
 
 The run directory gets run.json (settings), rows.tsv (one row per example, written as it goes),
 summary.json, report.md and certified_accuracy.png. Interrupt it (Ctrl-C / SIGTERM) and run the same
@@ -49,6 +50,16 @@ def positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
     return value
 
 
@@ -98,6 +109,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_budget_arguments(p, n_estimate=10_000)
     p.add_argument("--first-order", action="store_true",
                    help="also certify l2/l1/l-inf/per-channel radii with first-order information")
+    p.add_argument("--sequential", action="store_true",
+                   help="anytime-valid sequential sampling: --n-estimate becomes the maximum and sampling stops "
+                        "once the decision at --target-radius (or, without it, the radius) is settled")
+    p.add_argument("--target-radius", type=nonnegative_float, default=None, metavar="R",
+                   help="with --sequential: only decide whether the l2 radius R (pixel units) is certified")
+    p.add_argument("--radius-tol", type=positive_float, default=0.01, metavar="T",
+                   help="with --sequential and no --target-radius: stop once the radius can grow by at most "
+                        "T * sigma (default 0.01)")
     p.add_argument("--start", type=nonnegative_int, default=0, help="first example index (default 0)")
     p.add_argument("--skip", type=positive_int, default=1, help="certify every SKIP-th example (default 1)")
     p.add_argument("--max", dest="max_examples", type=positive_int, default=None, metavar="N",
@@ -168,8 +187,11 @@ def print_report(report, out: Path | None, *, examples: int | None = None) -> No
             if order in entry:
                 accs = entry[order]["certified_accuracy"]
                 print(f"    {order + ' order':<38}" + "  ".join(f"{a:7.3f}" for a in accs))
+    if "samples_used" in s:
+        u = s["samples_used"]
+        print(f"  estimation samples per example: mean {u['mean']:,.0f}, median {u['median']:,.0f}, max {u['max']:,}")
     if out is not None:
-        print(f"wrote {out}/rows.tsv, run.json, summary.json, report.md, certified_accuracy.png")
+        print(f"wrote {out}/rows.tsv, run.json, summary.json, report.md, certified_accuracy.png, samples_used.png")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -193,6 +215,11 @@ def run(args: argparse.Namespace) -> int:
     if args.start >= len(dataset):
         raise ValueError(f"--start: must be < the dataset size {len(dataset)}, got {args.start}")
     check_num_classes(model, dataset[args.start][0], num_classes)
+    if not args.sequential and (args.target_radius is not None or args.radius_tol != 0.01):
+        raise ValueError("--target-radius/--radius-tol: only with --sequential")
+    if args.sequential and args.first_order:
+        raise ValueError("--first-order: cannot be combined with --sequential (the gradient bounds are fixed-n "
+                         "bounds, not valid under optional stopping)")
     if args.overwrite and args.resume:
         raise ValueError("--overwrite: only with --no-resume (it deletes the rows already in --out)")
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(model_name).stem)
@@ -203,6 +230,7 @@ def run(args: argparse.Namespace) -> int:
             smooth, dataset, out=out, resume=args.resume, overwrite=args.overwrite, n_select=args.n_select,
             n_estimate=args.n_estimate, alpha=args.alpha, batch_size=args.batch_size, seed=args.seed,
             first_order=args.first_order, start=args.start, skip=args.skip, max_examples=args.max_examples,
-            verbose=not args.quiet, checkpoint=model_name, dataset_name=dataset.name)
+            verbose=not args.quiet, checkpoint=model_name, dataset_name=dataset.name,
+            sequential=args.sequential, target_radius=args.target_radius, radius_tol=args.radius_tol)
     print_report(report, out)
     return 0
