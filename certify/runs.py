@@ -328,8 +328,8 @@ def certify_dataset(smooth: Any, dataset: Any, *, out: str | os.PathLike | None 
 
     v = _validate(alpha=alpha, seed=seed, n_select=n_select, n_estimate=n_estimate, batch_size=batch_size,
                   target_radius=target_radius, radius_tol=radius_tol)
-    for name, flag in (("first_order", first_order), ("sequential", sequential), ("resume", resume), ("verbose", verbose),
-                       ("overwrite", overwrite), ("render", render)):
+    for name, flag in (("first_order", first_order), ("sequential", sequential), ("resume", resume),
+                       ("verbose", verbose), ("overwrite", overwrite), ("render", render)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
     if not hasattr(smooth, "certify"):
