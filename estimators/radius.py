@@ -221,6 +221,8 @@ def _slab_endpoints(p: np.ndarray, m: np.ndarray):
     cohen = cohen | (g_lo > -m)  # m within rounding of the threshold: half-space
     for _ in range(110):
         mid = 0.5 * (lo + hi)
+        if not (~cohen & (mid > lo) & (mid < hi)).any():
+            break  # float resolution reached (half-space rows are discarded): further steps cannot change lo
         g_mid = _phi(mid) - _phi(_z1_of_z2(q, mid))
         ok = g_mid <= -m  # gradient component at mid is <= -m: keep as conservative end
         lo = np.where(ok, mid, lo)
@@ -250,6 +252,8 @@ def _slab_radius(p: np.ndarray, m: np.ndarray) -> np.ndarray:
     hi = np.where(np.isfinite(z2), z1, zc)  # value at r = z1 is 1/2 - Phi(z2 - z1) < 1/2
     for _ in range(110):
         mid = 0.5 * (lo + hi)
+        if not ((mid > lo) & (mid < hi)).any():
+            break  # float resolution reached: further steps cannot change lo
         ok = _slab_value_minus_half(z2, z1, mid) > _SLAB_ROUNDING
         lo = np.where(ok, mid, lo)
         hi = np.where(ok, hi, mid)
