@@ -15,7 +15,9 @@ sums cost one (2, B) @ (B, D) matrix product per batch. No per-sample Python wor
 and are read back once.
 
 Determinism: all noise comes from one ``torch.Generator`` on x's device, seeded with ``seed`` (or supplied by
-the caller) and consumed batch by batch (``normal_`` on a (B, *S) buffer). Results are identical for the same
+the caller) and consumed batch by batch (``normal_`` on a (B, *S) buffer). On CPU the next batch's noise is
+drawn by one helper thread while the classifier evaluates the current batch (``overlap``; two buffer pairs
+alternate); the helper consumes the generator in the same batch order, so the noise is identical either way. Results are identical for the same
 (seed, n, batch_size, input, device type, torch version); a different batch_size changes how the generator's
 stream is cut into batches and therefore the noise. Scores are computed under ``torch.inference_mode``.
 The classifier's train/eval mode is NOT changed here (``certify.smoothing.Smooth`` handles that).
@@ -27,6 +29,7 @@ import math
 import numbers
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -36,6 +39,52 @@ import torch
 __all__ = ["SampleStats", "sample_noise", "make_generator", "derive_seeds"]
 
 logger = logging.getLogger(__name__)
+
+
+class _NoiseBatches:
+    """Consecutive (z, x + sigma z) batches of sizes bs, bs, ..., (rest) from ``generator``, in order.
+
+    Two buffer pairs alternate. With ``overlap`` a single helper thread draws batch i + 1 into the other pair
+    while the caller uses batch i; the caller must be done with a batch when it asks for the next one. The
+    generator is used by one thread at a time, in batch order, so the stream is the same with or without it.
+    Use as a context manager (the helper thread is shut down on exit).
+    """
+
+    def __init__(self, x: torch.Tensor, sigma: float, bs: int, n: int, generator: torch.Generator, *,
+                 overlap: bool):
+        self.x, self.sigma, self.generator = x, sigma, generator
+        self.sizes = [min(bs, n - s) for s in range(0, n, bs)]
+        slots = 2 if overlap else 1
+        self.noise = [torch.empty((bs, *x.shape), device=x.device, dtype=x.dtype) for _ in range(slots)]
+        self.inputs = [torch.empty((bs, *x.shape), device=x.device, dtype=x.dtype) for _ in range(slots)]
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="certify-noise") if overlap else None
+
+    def _fill(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        slot = i % len(self.noise)
+        b = self.sizes[i]
+        with torch.inference_mode():  # thread-local: the helper thread needs it too (buffers may be inference tensors)
+            z = self.noise[slot][:b]
+            z.normal_(generator=self.generator)
+            return z, torch.add(self.x, z, alpha=self.sigma, out=self.inputs[slot][:b])
+
+    def __iter__(self):
+        if self.pool is None:
+            for i in range(len(self.sizes)):
+                yield self._fill(i)
+            return
+        pending = self.pool.submit(self._fill, 0)
+        for i in range(len(self.sizes)):
+            z, batch = pending.result()
+            if i + 1 < len(self.sizes):
+                pending = self.pool.submit(self._fill, i + 1)
+            yield z, batch
+
+    def __enter__(self) -> "_NoiseBatches":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclass(frozen=True)
@@ -94,13 +143,15 @@ def sample_noise(
     generator: Optional[torch.Generator] = None,
     target: Optional[int] = None,
     progress: bool = False,
+    overlap: Optional[bool] = None,
 ) -> SampleStats:
     """Evaluate ``classifier`` on n noisy copies x + sigma z and return counts (and first-order sums).
 
     ``x`` is ONE example (a tensor of any shape, already on the classifier's device and dtype). Exactly one of
     ``seed`` / ``generator`` must be given. ``classifier(batch)`` must return a (B, num_classes) tensor of
     finite scores; anything else raises ValueError. See the module docstring for the outputs and what is
-    deterministic.
+    deterministic. ``overlap`` (default: on for CPU tensors with at least 2 batches of >= 2**16 values) draws the
+    next batch's noise in a helper thread; it never changes the results.
     """
     if not callable(classifier):
         raise TypeError(f"classifier must be callable, got {type(classifier).__name__}")
@@ -133,8 +184,9 @@ def sample_noise(
     bs = min(batch_size, n)
     start = time.perf_counter()
 
-    noise = torch.empty((bs, *shape), device=device, dtype=dtype)
-    inputs = torch.empty((bs, *shape), device=device, dtype=dtype)
+    if overlap is None:
+        overlap = device.type == "cpu" and n > bs and bs * dim >= 2 ** 16
+    source = _NoiseBatches(x, float(sigma), bs, n, generator, overlap=bool(overlap))
     counts = torch.zeros(num_classes, dtype=torch.int64, device=device)
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     if target is not None:
@@ -151,12 +203,9 @@ def sample_noise(
         bar = tqdm(total=n, desc="sampling", unit="sample", leave=False)
     done = 0
     checked = False
-    with torch.inference_mode():
-        while done < n:
-            b = min(bs, n - done)
-            z = noise[:b]
-            z.normal_(generator=generator)
-            batch = torch.add(x, z, alpha=float(sigma), out=inputs[:b])
+    with torch.inference_mode(), source:
+        for z, batch in source:
+            b = int(z.shape[0])
             if not checked:
                 try:
                     scores = classifier(batch)
