@@ -195,12 +195,14 @@ def main(argv=None) -> int:
     print(f"{'mode':<22}{'mean n':>10}{'median n':>10}{'max n':>9}{'mean/N':>9}  result")
     for r, d in decision.items():
         s = d["samples"]
-        print(f"{'decision r=' + r:<22}{s['mean']:>10,.0f}{s['median']:>10,.0f}{s['max']:>9,}{s['mean_over_fixed']:>9.4f}"
+        print(f"{'decision r=' + r:<22}{s['mean']:>10,.0f}{s['median']:>10,.0f}{s['max']:>9,}"
+              f"{s['mean_over_fixed']:>9.4f}"
               f"  agreement {d['agreement']:.3f} ({d['sequential_certified']} vs {d['fixed_certified']} certified; "
               f"{len(d['disagreements'])} disagreements, all within noise: {d['disagreements_all_within_noise']})")
     for t, d in radius.items():
         s = d["samples"]
-        print(f"{'radius tol=' + t:<22}{s['mean']:>10,.0f}{s['median']:>10,.0f}{s['max']:>9,}{s['mean_over_fixed']:>9.4f}"
+        print(f"{'radius tol=' + t:<22}{s['mean']:>10,.0f}{s['median']:>10,.0f}{s['max']:>9,}"
+              f"{s['mean_over_fixed']:>9.4f}"
               f"  ACR {d['acr']:.4f} vs fixed {d['acr_fixed']:.4f} (ratio {d['acr_ratio']:.3f})")
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0

@@ -17,8 +17,8 @@ and are read back once.
 Determinism: all noise comes from one ``torch.Generator`` on x's device, seeded with ``seed`` (or supplied by
 the caller) and consumed batch by batch (``normal_`` on a (B, *S) buffer). On CPU the next batch's noise is
 drawn by one helper thread while the classifier evaluates the current batch (``overlap``; two buffer pairs
-alternate); the helper consumes the generator in the same batch order, so the noise is identical either way. Results are identical for the same
-(seed, n, batch_size, input, device type, torch version); a different batch_size changes how the generator's
+alternate); the helper consumes the generator in the same batch order, so the noise is identical either way.
+Results are identical for the same (seed, n, batch_size, input, device type, torch version); a different batch_size changes how the generator's
 stream is cut into batches and therefore the noise. Scores are computed under ``torch.inference_mode``.
 The classifier's train/eval mode is NOT changed here (``certify.smoothing.Smooth`` handles that).
 """
@@ -51,7 +51,9 @@ class _NoiseBatches:
     """
 
     def __init__(self, x: torch.Tensor, sigma: float, bs: int, n: int, generator: torch.Generator, *,
-                 overlap: bool):
+                 overlap: Optional[bool]):
+        if overlap is None:  # worth a thread switch per batch: CPU, several batches, >= 2**16 values per batch
+            overlap = x.device.type == "cpu" and n > bs and bs * x.numel() >= 2 ** 16
         self.x, self.sigma, self.generator = x, sigma, generator
         self.sizes = [min(bs, n - s) for s in range(0, n, bs)]
         slots = 2 if overlap else 1
@@ -184,9 +186,7 @@ def sample_noise(
     bs = min(batch_size, n)
     start = time.perf_counter()
 
-    if overlap is None:
-        overlap = device.type == "cpu" and n > bs and bs * dim >= 2 ** 16
-    source = _NoiseBatches(x, float(sigma), bs, n, generator, overlap=bool(overlap))
+    source = _NoiseBatches(x, float(sigma), bs, n, generator, overlap=overlap)
     counts = torch.zeros(num_classes, dtype=torch.int64, device=device)
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     if target is not None:
