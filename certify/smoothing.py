@@ -16,6 +16,9 @@ Guarantees (for a fixed input x, over the sampling randomness):
   ||x' - x||_2 < radius. With ``first_order=True`` the SAME statement holds for every entry of ``radii``
   simultaneously (l2, l1, l_inf balls and per-channel l2 balls), because the failure probabilities of the
   pA lower bound and of every gradient bound add up to at most alpha (``alpha_split``).
+* ``certify(sequential=True)``: the same statement, with n_estimate as a maximum and sampling stopped as soon as
+  the decision (``target_radius``) or the radius (``radius_tol``) is settled: p_lower comes from a confidence
+  sequence (:mod:`estimators.sequential`), valid at whatever data-dependent time sampling stops.
 
 The radius formulas live in :mod:`estimators.radius` and are re-exported here.
 """
