@@ -10,13 +10,19 @@ STAMP  := $(VENV)/.certify-installed
 FMNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 PYTEST_ARGS ?=
 
-.PHONY: demo test install data study zoo clean-venv
+.PHONY: demo test lint install data study zoo clean-venv
 
 demo: install data
 	$(VENV)/bin/certify demo --out runs/demo
 
 test: install data
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# ruff (pyproject.toml: pyflakes, pycodestyle, isort, bugbear subset, complexity <= 15, no print in library code)
+# and mypy on the two independent packages
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy estimators semantic_layers
 
 study: install data
 	$(VENV)/bin/certify study --out runs/study
@@ -35,7 +41,7 @@ install: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q --upgrade pip setuptools wheel
-	$(PY) -m pip install --disable-pip-version-check -q -e '.[test]'
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[test,lint]'
 	# auto_LiRPA 0.3's metadata pins torch<1.13; its runtime deps are in install_requires above.
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps auto-LiRPA==0.3
 	$(PY) -c "import certify, semantic_layers, estimators; from certify.lirpa import _lirpa; _lirpa()"

@@ -28,17 +28,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import numbers
-import sys
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from certify._checks import check_bool, check_choice, check_float, check_int
 from certify._modes import eval_mode as _eval_mode
+from certify._progress import track
 
 logger = logging.getLogger(__name__)
 
@@ -74,41 +74,12 @@ def _check_norm(norm: Any) -> str:
     return norm.lower()
 
 
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value.lower() not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-    return value.lower()
+def _nonneg(name: str, value: Any) -> float:
+    return check_float(name, value, low=0.0)
 
 
-def _check_nonneg_float(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number >= 0, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return value
-
-
-def _check_pos_float(name: str, value: Any) -> float:
-    value = _check_nonneg_float(name, value)
-    if value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return value
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer >= {minimum}, got {type(value).__name__}")
-    value = int(value)
-    if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
-    return value
-
-
-def _check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return value
+def _positive(name: str, value: Any) -> float:
+    return check_float(name, value, low=0.0, low_open=True)
 
 
 def _check_generator(generator: Any) -> torch.Generator:
@@ -151,7 +122,7 @@ def _check_labels_fit(y: torch.Tensor, num_classes: int) -> None:
 
 
 def _check_step_size(step_size: Any) -> float | None:
-    return None if step_size is None else _check_pos_float("step_size", step_size)
+    return None if step_size is None else _positive("step_size", step_size)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -291,13 +262,6 @@ def _assert_feasible(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str
     return sizes
 
 
-def _progress(iterable, *, total: int, desc: str, verbose: bool):
-    from tqdm.auto import tqdm
-
-    disable = (not verbose) or not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
-    return tqdm(iterable, total=total, desc=desc, disable=disable, leave=False)
-
-
 # --------------------------------------------------------------------------------------------------
 # attacks on a base classifier
 # --------------------------------------------------------------------------------------------------
@@ -321,9 +285,9 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm
     """
     _check_model(model)
     x, y = _check_inputs(x, y)
-    eps = _check_nonneg_float("eps", eps)
+    eps = _nonneg("eps", eps)
     norm = _check_norm(norm)
-    loss = _check_choice("loss", loss, LOSSES)
+    loss = check_choice("loss", loss, LOSSES)
     if eps == 0.0:
         return x.clone()
     with _eval_mode(model):
@@ -364,14 +328,14 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm:
     """
     _check_model(model)
     x, y = _check_inputs(x, y)
-    eps = _check_nonneg_float("eps", eps)
+    eps = _nonneg("eps", eps)
     norm = _check_norm(norm)
-    steps = _check_int("steps", steps, 1)
+    steps = check_int("steps", steps, 1)
     step_size = _check_step_size(step_size)
-    restarts = _check_int("restarts", restarts, 1)
-    random_start = _check_bool("random_start", random_start)
+    restarts = check_int("restarts", restarts, 1)
+    random_start = check_bool("random_start", random_start)
     generator = _check_generator(generator)
-    loss = _check_choice("loss", loss, LOSSES)
+    loss = check_choice("loss", loss, LOSSES)
     if restarts > 1 and not random_start:
         raise ValueError("restarts > 1 requires random_start=True (restarts from x are identical)")
     if eps == 0.0:
@@ -473,22 +437,22 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attac
     t0 = time.perf_counter()
     _check_model(model)
     x, y = _check_inputs(x, y)
-    attack = _check_choice("attack", attack, ATTACKS)
-    eps = _check_nonneg_float("eps", eps)
+    attack = check_choice("attack", attack, ATTACKS)
+    eps = _nonneg("eps", eps)
     norm = _check_norm(norm)
-    batch_size = _check_int("batch_size", batch_size, 1)
-    seed = _check_int("seed", seed, 0)
-    loss = _check_choice("loss", loss, LOSSES)
-    keep_adversarial = _check_bool("keep_adversarial", keep_adversarial)
+    batch_size = check_int("batch_size", batch_size, 1)
+    seed = check_int("seed", seed, 0)
+    loss = check_choice("loss", loss, LOSSES)
+    keep_adversarial = check_bool("keep_adversarial", keep_adversarial)
     if attack == "fgsm":
         given = [name for name, v in (("steps", steps), ("step_size", step_size), ("restarts", restarts),
                                       ("random_start", random_start)) if v is not None]
         if given:
             raise ValueError(f"{', '.join(given)} only apply to attack='pgd', not 'fgsm'")
     else:
-        steps = 10 if steps is None else _check_int("steps", steps, 1)
-        restarts = 1 if restarts is None else _check_int("restarts", restarts, 1)
-        random_start = True if random_start is None else _check_bool("random_start", random_start)
+        steps = 10 if steps is None else check_int("steps", steps, 1)
+        restarts = 1 if restarts is None else check_int("restarts", restarts, 1)
+        random_start = True if random_start is None else check_bool("random_start", random_start)
         step_size = _check_step_size(step_size)
         if restarts > 1 and not random_start:
             raise ValueError("restarts > 1 requires random_start=True (restarts from x are identical)")
@@ -501,8 +465,9 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attac
     sizes = torch.zeros(n, dtype=torch.float64)
     adversarial = x.clone() if keep_adversarial else None
     starts = range(0, n, batch_size)
+    desc = f"{attack} {norm} eps={eps:g}"
     with _eval_mode(model):
-        for lo in _progress(starts, total=len(starts), desc=f"{attack} {norm} eps={eps:g}", verbose=verbose):
+        for lo in track(starts, total=len(starts), desc=desc, unit="batch", enabled=verbose):
             xb, yb = x[lo:lo + batch_size], y[lo:lo + batch_size]
             with torch.no_grad():
                 logits = model(xb)
@@ -616,15 +581,15 @@ def smooth_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, sigma: flo
     """
     _check_model(model)
     x, y = _check_inputs(x, y)
-    sigma = _check_pos_float("sigma", sigma)
-    eps = _check_nonneg_float("eps", eps)
+    sigma = _positive("sigma", sigma)
+    eps = _nonneg("eps", eps)
     norm = _check_norm(norm)
-    steps = _check_int("steps", steps, 1)
-    n_noise = _check_int("n_noise", n_noise, 1)
-    step_size = (2.0 * eps / steps if step_size is None else _check_pos_float("step_size", step_size))
-    random_start = _check_bool("random_start", random_start)
-    resample_noise = _check_bool("resample_noise", resample_noise)
-    batch_size = _check_int("batch_size", batch_size, 1)
+    steps = check_int("steps", steps, 1)
+    n_noise = check_int("n_noise", n_noise, 1)
+    step_size = (2.0 * eps / steps if step_size is None else _positive("step_size", step_size))
+    random_start = check_bool("random_start", random_start)
+    resample_noise = check_bool("resample_noise", resample_noise)
+    batch_size = check_int("batch_size", batch_size, 1)
     generator = _check_generator(generator)
     if eps == 0.0:
         return x.clone()
@@ -729,20 +694,20 @@ def smoothed_robust_accuracy(smooth: Any, x: torch.Tensor, y: torch.Tensor, *, e
         raise TypeError("smooth must be a certify.smoothing.Smooth (needs .model, .sigma and .predict)")
     _check_model(model)
     x, y = _check_inputs(x, y)
-    eps = _check_nonneg_float("eps", eps)
+    eps = _nonneg("eps", eps)
     norm = _check_norm(norm)
-    sigma = _check_pos_float("smooth.sigma", sigma)
-    steps = _check_int("steps", steps, 1)
-    n_noise = _check_int("n_noise", n_noise, 1)
-    step_size = 2.0 * eps / steps if step_size is None else _check_pos_float("step_size", step_size)
-    random_start = _check_bool("random_start", random_start)
-    resample_noise = _check_bool("resample_noise", resample_noise)
-    n_predict = _check_int("n_predict", n_predict, 1)
-    alpha = _check_pos_float("alpha", alpha)
+    sigma = _positive("smooth.sigma", sigma)
+    steps = check_int("steps", steps, 1)
+    n_noise = check_int("n_noise", n_noise, 1)
+    step_size = 2.0 * eps / steps if step_size is None else _positive("step_size", step_size)
+    random_start = check_bool("random_start", random_start)
+    resample_noise = check_bool("resample_noise", resample_noise)
+    n_predict = check_int("n_predict", n_predict, 1)
+    alpha = _positive("alpha", alpha)
     if alpha >= 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    batch_size = _check_int("batch_size", batch_size, 1)
-    seed = _check_int("seed", seed, 0)
+    batch_size = check_int("batch_size", batch_size, 1)
+    seed = check_int("seed", seed, 0)
 
     n = x.shape[0]
     clean_label: list[int | None] = []
@@ -753,7 +718,7 @@ def smoothed_robust_accuracy(smooth: Any, x: torch.Tensor, y: torch.Tensor, *, e
     success: list[bool] = []
     abstain: list[bool] = []
     sizes: list[float] = []
-    for i in _progress(range(n), total=n, desc=f"smoothed pgd eps={eps:g}", verbose=verbose):
+    for i in track(range(n), total=n, desc=f"smoothed pgd eps={eps:g}", unit="img", enabled=verbose):
         xi, yi = x[i:i + 1], y[i:i + 1]
         label, abst = _predict(smooth, x[i], n=n_predict, alpha=alpha, batch_size=batch_size,
                                seed=_derived_seed(seed, i, 0))

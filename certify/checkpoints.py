@@ -27,7 +27,7 @@ import os
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -36,7 +36,7 @@ from certify import models as zoo
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_checkpoint", "load_arch", "UnsafeCheckpointError"]
+__all__ = ["load_checkpoint", "load_arch", "UnsafeCheckpointError", "ArchitectureError"]
 
 _STATE_KEYS = ("state_dict", "model_state_dict", "model", "net")
 
@@ -45,29 +45,95 @@ class UnsafeCheckpointError(ValueError):
     """The checkpoint can only be loaded with pickle, which may execute code; pass ``trust=True``."""
 
 
-def load_arch(arch: str) -> nn.Module:
-    """A freshly built module for ``arch``: a zoo name or ``"path/to/file.py:ClassName"``.
+class ArchitectureError(ValueError):
+    """A state_dict without ``arch``, or one that does not fit ``arch`` (missing / unexpected keys, shapes)."""
 
-    The user file is imported from its path with :mod:`importlib` (its top-level code runs, as with
-    any import); ``ClassName`` is instantiated with no arguments.
+
+def load_arch(arch: str, *, kwargs: Mapping[str, Any] | None = None) -> nn.Module:
+    """A freshly built module for ``arch``.
+
+    ``arch`` is one of
+
+    * a zoo name (:func:`certify.models.available`);
+    * ``"path/to/file.py:ClassName"``: the user file is imported from its path with :mod:`importlib` (its
+      top-level code runs, as with any import);
+    * ``"torchvision:NAME"``: ``torchvision.models.get_model(NAME, weights=None, **kwargs)`` (nothing is
+      downloaded; the weights come from the checkpoint), e.g. ``"torchvision:resnet18"`` with
+      ``kwargs={"num_classes": 10}``;
+    * ``"package.module:callable"``: an importable module and a class or factory function in it.
+
+    The class or callable is called with ``kwargs`` (default: no arguments) and must return an ``nn.Module``.
     """
     if not isinstance(arch, str) or not arch:
-        raise TypeError(f"arch must be a zoo name or 'path/to/file.py:ClassName', got {arch!r}")
+        raise TypeError(f"arch must be a zoo name, 'path/to/file.py:ClassName' or 'module:callable', got {arch!r}")
+    kwargs = dict(kwargs or {})
+    if not all(isinstance(k, str) for k in kwargs):
+        raise TypeError(f"arch kwargs must be a mapping with string keys, got {kwargs!r}")
     if ":" not in arch:
+        if kwargs:
+            raise ValueError(f"arch kwargs: zoo architectures take no arguments, got {kwargs} for {arch!r}")
         return zoo.build(arch)
-    file_part, _, class_name = arch.rpartition(":")
-    path = Path(file_part).expanduser()
-    if path.suffix != ".py" or not class_name.isidentifier():
-        raise ValueError(f"arch {arch!r}: expected 'path/to/file.py:ClassName' or one of {zoo.available()}")
+    source, _, name = arch.rpartition(":")
+    if not name.isidentifier():
+        raise ValueError(f"arch {arch!r}: expected 'path/to/file.py:ClassName', 'torchvision:NAME', "
+                         f"'module:callable' or one of {zoo.available()}")
+    if source == "torchvision":
+        return _build(arch, _torchvision_builder(name), kwargs)
+    if source.endswith(".py"):
+        return _build(arch, _file_attr(arch, Path(source).expanduser(), name), kwargs)
+    return _build(arch, _module_attr(arch, source, name), kwargs)
+
+
+def _torchvision_builder(name: str) -> Any:
+    import functools
+
+    import torchvision
+
+    known = torchvision.models.list_models()
+    if name not in known:
+        raise ValueError(f"arch 'torchvision:{name}': no such torchvision model; available include "
+                         f"{', '.join(sorted(known)[:12])}, ...")
+    return functools.partial(torchvision.models.get_model, name, weights=None)
+
+
+def _file_attr(arch: str, path: Path, name: str) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"arch {arch!r}: file not found: {path}")
     spec = importlib.util.spec_from_file_location(f"certify_user_arch_{abs(hash(path.resolve()))}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # type: ignore[union-attr]
-    cls = getattr(module, class_name, None)
-    if cls is None or not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise ValueError(f"arch {arch!r}: {path} has no nn.Module subclass named {class_name!r}")
-    return cls()
+    obj = getattr(module, name, None)
+    if obj is None:
+        raise ValueError(f"arch {arch!r}: {path} has no nn.Module subclass or factory named {name!r}")
+    return obj
+
+
+def _module_attr(arch: str, module_name: str, name: str) -> Any:
+    if not all(part.isidentifier() for part in module_name.split(".")):
+        raise ValueError(f"arch {arch!r}: {module_name!r} is neither a .py file nor an importable module name")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"arch {arch!r}: cannot import module {module_name!r} ({exc}); check the name or "
+                         "PYTHONPATH, or give the file as path/to/file.py:ClassName") from None
+    obj = getattr(module, name, None)
+    if obj is None:
+        raise ValueError(f"arch {arch!r}: module {module_name!r} has no nn.Module subclass or factory named "
+                         f"{name!r}")
+    return obj
+
+
+def _build(arch: str, factory: Any, kwargs: dict[str, Any]) -> nn.Module:
+    if not callable(factory):
+        raise ValueError(f"arch {arch!r}: {factory!r} is not a class or function")
+    try:
+        model = factory(**kwargs)
+    except TypeError as exc:
+        raise ValueError(f"arch {arch!r}: calling it with arguments {kwargs} failed: {exc} "
+                         "(CLI: set them with --arch-kwargs '{\"name\": value}')") from None
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"arch {arch!r}: returned {type(model).__name__}, not a torch.nn.Module")
+    return model
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -160,38 +226,74 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -
     mismatched = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
                         for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
     if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected}")
-        if mismatched:
-            parts.append(f"shape mismatches {mismatched}")
-        raise ValueError(f"checkpoint {source} does not fit the architecture: " + "; ".join(parts))
+        parts = [f"{what} {items[:6]}" + (f" and {len(items) - 6} more" if len(items) > 6 else "")
+                 for what, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                                     ("shape mismatches", mismatched)) if items]
+        raise ArchitectureError(f"checkpoint {source} does not fit the architecture: " + "; ".join(parts))
     model.load_state_dict(state)
 
 
-def load_checkpoint(path: str | os.PathLike, *, arch: str | None = None, trust: bool = False,
-                    map_location: str | torch.device = "cpu") -> nn.Module:
+def _sniff(path: Path) -> None:
+    """Refuse files that cannot be a PyTorch checkpoint (empty, truncated archive, foreign bytes) up front."""
+    size = path.stat().st_size
+    if size == 0:
+        raise ValueError(f"checkpoint {path} is empty (0 bytes); save it again with torch.save")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head.startswith(b"PK\x03\x04"):
+        if not zipfile.is_zipfile(path):
+            raise ValueError(f"checkpoint {path} is a truncated or damaged archive ({size} bytes, no zip central "
+                             "directory); copy or save it again")
+        return
+    if head[:1] != b"\x80":  # neither torch.save's zip archive nor a legacy pickle stream
+        raise ValueError(f"checkpoint {path} is not a PyTorch file (not a torch.save archive, TorchScript, "
+                         "torch.export or pickle file); expected a state_dict saved with torch.save")
+
+
+def _unreadable(path: Path, exc: BaseException) -> ValueError:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return ValueError(f"checkpoint {path} cannot be read: it is truncated or not a PyTorch file ({first})")
+
+
+def _load_trusted(path: Path, map_location: str | torch.device) -> Any:
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(
+            f"checkpoint {path} is a pickled module whose class cannot be imported here ({exc}); make the module "
+            "that defines it importable (PYTHONPATH), or save a state_dict (torch.save(model.state_dict(), path)) "
+            "and load it with arch='path/to/file.py:ClassName' (CLI: --arch)") from None
+    except (RuntimeError, EOFError, pickle.UnpicklingError, KeyError) as exc:
+        raise _unreadable(path, exc) from None
+
+
+def load_checkpoint(path: str | os.PathLike, *, arch: str | nn.Module | None = None, trust: bool = False,
+                    map_location: str | torch.device = "cpu",
+                    arch_kwargs: Mapping[str, Any] | None = None) -> nn.Module:
     """Load a classifier checkpoint, in eval mode.
 
     Args:
         path: the checkpoint file.
-        arch: for state_dicts: a zoo architecture name or ``"path/to/file.py:ClassName"``; ignored
-            (may be None) for TorchScript / torch.export files and trusted pickled modules.
+        arch: for state_dicts: an architecture for :func:`load_arch` (zoo name, ``"path/to/file.py:ClassName"``,
+            ``"torchvision:resnet18"``, ``"module:callable"``); ignored (may be None) for TorchScript /
+            torch.export files and trusted pickled modules. A freshly built ``nn.Module`` is also accepted
+            (the state_dict is loaded into it).
         trust: allow unpickling a full ``nn.Module`` (can execute arbitrary code: only for files you trust).
         map_location: device for the tensors.
+        arch_kwargs: keyword arguments for the ``arch`` constructor (e.g. ``{"num_classes": 10}``).
 
     Raises:
         FileNotFoundError: no such file.
         UnsafeCheckpointError: the file needs pickle and ``trust`` is False.
-        ValueError: the state_dict does not fit ``arch`` (names the keys), or ``arch`` is missing.
+        ValueError: an empty, truncated or foreign file; the state_dict does not fit ``arch`` (names the keys);
+            ``arch`` is missing; a trusted pickled module whose class cannot be imported.
     """
     if not isinstance(trust, bool):
         raise TypeError(f"trust must be a bool, got {type(trust).__name__}")
     path = Path(os.fspath(path)).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    _sniff(path)
     if _is_torchscript(path):
         model = torch.jit.load(str(path), map_location=map_location)
         logger.info("loaded TorchScript module from %s", path)
@@ -207,23 +309,26 @@ def load_checkpoint(path: str | os.PathLike, *, arch: str | None = None, trust: 
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "Unsupported global" not in str(exc):  # not a pickled object: damaged bytes
+            raise _unreadable(path, exc) from None
         if not trust:
             raise UnsafeCheckpointError(
                 f"{path} is not a plain state_dict: loading it needs Python pickle, which can execute arbitrary "
                 "code hidden in the file. Save a state_dict (torch.save(model.state_dict(), path)), TorchScript or "
-                "torch.export file instead, or pass trust=True (CLI: --trust) only for a file you trust. "
-                f"(torch said: {str(exc).splitlines()[0]})") from None
-        obj = torch.load(path, map_location=map_location, weights_only=False)
+                "torch.export file instead, or pass trust=True (CLI: --trust) only for a file you trust.") from None
+        obj = _load_trusted(path, map_location)
         if isinstance(obj, nn.Module):
             logger.warning("loaded a pickled module from %s with trust=True", path)
             return obj.eval()
+    except (RuntimeError, EOFError, KeyError, ValueError) as exc:
+        raise _unreadable(path, exc) from None
     if isinstance(obj, nn.Module):
         return obj.eval()
     state = _extract_state_dict(obj)
     if arch is None:
-        raise ValueError(f"{path} is a state_dict: pass arch= (one of {zoo.available()} or "
-                         "'path/to/file.py:ClassName')")
-    model = load_arch(arch)
+        raise ArchitectureError(f"{path} is a state_dict: pass arch= (one of {zoo.available()}, "
+                                "'path/to/file.py:ClassName', 'torchvision:NAME' or 'module:callable')")
+    model = arch if isinstance(arch, nn.Module) else load_arch(arch, kwargs=arch_kwargs)
     _load_state(model, state, str(path))
     model.to(map_location)
     return model.eval()

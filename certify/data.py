@@ -17,7 +17,8 @@ units) and ``y`` an int64 tensor of labels. Nothing is downloaded; the sources a
   0..255, and ``y`` (N,) integer labels (optionally ``classes``); per-split arrays ``x_<split>`` /
   ``y_<split>`` are used when present.
 * a path to an image folder in torchvision ``ImageFolder`` layout (``root/<class>/<image>``, or
-  ``root/<split>/<class>/<image>``); all images must have the same size.
+  ``root/<split>/<class>/<image>``); all images must have the same size. Class folders named by integers
+  keep that integer as their label, other names are numbered in sorted order (``class_to_idx``).
 
 Decoded arrays are cached in-process only; nothing is written to disk.
 
@@ -81,12 +82,16 @@ class ImageDataset:
         x: float32 tensor (N, C, H, W), every value in [0, 1].
         y: int64 tensor (N,), values in ``0 .. len(classes) - 1``.
         classes: class names; ``len(classes)`` is the number of classes.
+        files: for image folders, each example's file (relative to the folder), else empty.
+        class_to_idx: for image folders, class folder name -> label, else empty.
     """
 
     name: str
     x: torch.Tensor
     y: torch.Tensor
     classes: tuple[str, ...] = field(default=())
+    files: tuple[str, ...] = field(default=())
+    class_to_idx: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.x, torch.Tensor) or not isinstance(self.y, torch.Tensor):
@@ -106,6 +111,9 @@ class ImageDataset:
             n = int(self.y.max().item()) + 1 if self.y.numel() else 0
             classes = tuple(str(i) for i in range(n))
         object.__setattr__(self, "classes", classes)
+        object.__setattr__(self, "files", tuple(str(f) for f in self.files))
+        if self.files and len(self.files) != self.x.shape[0]:
+            raise ValueError(f"ImageDataset: files must name every example ({self.x.shape[0]}), got {len(self.files)}")
         if self.y.numel() and (int(self.y.min()) < 0 or int(self.y.max()) >= len(classes)):
             raise ValueError(
                 f"ImageDataset: labels must lie in 0..{len(classes) - 1} (len(classes)={len(classes)}), "
@@ -138,7 +146,9 @@ class ImageDataset:
             raise ValueError(f"subset: indices must be one-dimensional, got shape {tuple(idx.shape)}")
         if idx.numel() and (int(idx.min()) < -len(self) or int(idx.max()) >= len(self)):
             raise ValueError(f"subset: indices must lie in 0..{len(self) - 1}")
-        return ImageDataset(name=self.name, x=self.x[idx].clone(), y=self.y[idx].clone(), classes=self.classes)
+        files = tuple(self.files[int(i)] for i in idx) if self.files else ()
+        return ImageDataset(name=self.name, x=self.x[idx].clone(), y=self.y[idx].clone(), classes=self.classes,
+                            files=files, class_to_idx=dict(self.class_to_idx))
 
     def __repr__(self) -> str:
         return (f"ImageDataset(name={self.name!r}, n={len(self)}, shape={self.input_shape}, "
@@ -151,7 +161,7 @@ def available_datasets() -> list[str]:
 
 
 def load_dataset(name_or_path: str | os.PathLike, *, split: str = "test",
-                 root: str | os.PathLike | None = None) -> ImageDataset:
+                 root: str | os.PathLike | None = None, num_classes: int | None = None) -> ImageDataset:
     """Load a dataset by name (see :func:`available_datasets`) or from a ``.npz`` file / image folder.
 
     Args:
@@ -159,13 +169,41 @@ def load_dataset(name_or_path: str | os.PathLike, *, split: str = "test",
         split: ``"train"`` or ``"test"``.
         root: folder with the Fashion-MNIST IDX files (overrides ``$CERTIFY_DATA_DIR`` and the
             Debian default ``/usr/share/datasets/fashion-mnist``); only for the Fashion-MNIST based sets.
+        num_classes: the classifier's number of classes: every label must lie in [0, num_classes) and the
+            dataset gets that many classes (default: inferred from the data).
+
+    Image folders: class folders whose names are all non-negative integers ("0", "3", "10") get that integer
+    as their label; otherwise the names are sorted and numbered 0, 1, ... (a mix of both is refused). The
+    mapping is ``dataset.class_to_idx`` and every example's file name is in ``dataset.files``.
 
     Raises:
-        ValueError: unknown name/split, malformed data, values outside [0, 1].
+        ValueError: unknown name/split, malformed data, values outside [0, 1], an empty set, labels outside
+            [0, num_classes), images of different sizes.
         FileNotFoundError: data files missing (the message says what to install and where it looked).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                    or num_classes < 2):
+        raise ValueError(f"num_classes must be an int >= 2 or None, got {num_classes!r}")
+    dataset = _load_any(name_or_path, split, root)
+    if len(dataset) == 0:
+        raise ValueError(f"dataset {dataset.name} is empty (0 examples)")
+    if num_classes is None:
+        return dataset
+    top = int(dataset.y.max())
+    if top >= num_classes:
+        raise ValueError(f"dataset {dataset.name}: labels must lie in [0, {num_classes}) for num_classes="
+                         f"{num_classes}, got a label {top}")
+    if len(dataset.classes) > num_classes:
+        raise ValueError(f"dataset {dataset.name} names {len(dataset.classes)} classes, more than num_classes="
+                         f"{num_classes}")
+    classes = dataset.classes + tuple(str(i) for i in range(len(dataset.classes), num_classes))
+    return ImageDataset(name=dataset.name, x=dataset.x, y=dataset.y, classes=classes, files=dataset.files,
+                        class_to_idx=dict(dataset.class_to_idx))
+
+
+def _load_any(name_or_path: str | os.PathLike, split: str, root: str | os.PathLike | None) -> ImageDataset:
     if isinstance(name_or_path, os.PathLike):
         name_or_path = os.fspath(name_or_path)
     if not isinstance(name_or_path, str):
@@ -402,9 +440,23 @@ def _labels_to_tensor(y: np.ndarray, n: int, source: str) -> torch.Tensor:
     return torch.from_numpy(y.astype(np.int64))
 
 
+def _open_npz(path: Path):
+    import zipfile
+    import zlib
+
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError) as exc:
+        raise ValueError(f"{path}: not a readable .npz archive (numpy.savez; truncated or another format?): "
+                         f"{exc}") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path}: holds a single array, not an .npz archive with arrays x and y (numpy.savez)")
+    return npz
+
+
 def _load_npz(path: Path, split: str) -> ImageDataset:
     source = str(path)
-    with np.load(path, allow_pickle=False) as npz:
+    with _open_npz(path) as npz:
         keys = set(npz.files)
         if f"x_{split}" in keys and f"y_{split}" in keys:
             x_key, y_key = f"x_{split}", f"y_{split}"
@@ -430,22 +482,42 @@ def _pil_loader(path: str):
         return img.convert("RGB")
 
 
-def _load_image_folder(path: Path, split: str) -> ImageDataset:
-    from torchvision.datasets import ImageFolder
-    from torchvision.transforms.functional import pil_to_tensor
+def _folder_classes(folder: Path) -> tuple[tuple[str, ...], dict[str, int]]:
+    """(classes, class folder -> label): integer folder names keep their integer, other names sorted."""
+    names = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+    if not names:
+        raise ValueError(f"{folder}: not an image folder (expected root/<class>/<image>), no class folders")
+    numeric = [n for n in names if n.isascii() and n.isdigit()]
+    if numeric and len(numeric) != len(names):
+        other = [n for n in names if n not in numeric]
+        raise ValueError(f"{folder}: class folders mix integer names {numeric[:5]} and other names {other[:5]}; "
+                         "name them all by their label (0, 1, ...) or all by class name (numbered in sorted order)")
+    if numeric:
+        mapping = {n: int(n) for n in names}
+        if len(set(mapping.values())) != len(mapping):
+            raise ValueError(f"{folder}: class folders {names} name the same label twice")
+        classes = tuple(str(i) for i in range(max(mapping.values()) + 1))
+        return classes, mapping
+    return tuple(names), {n: i for i, n in enumerate(names)}
 
+
+def _load_image_folder(path: Path, split: str) -> ImageDataset:
     folder = path / split if (path / split).is_dir() else path
-    try:
-        ds = ImageFolder(str(folder), loader=_pil_loader,
-                         is_valid_file=lambda p: p.lower().endswith(_IMAGE_EXTENSIONS))
-    except FileNotFoundError as exc:
-        raise ValueError(f"{folder}: not an image folder (expected root/<class>/<image>): {exc}") from exc
-    if len(ds) == 0:
-        raise ValueError(f"{folder}: no images found")
+    classes, mapping = _folder_classes(folder)
+    samples = []  # (label, file) sorted by label, then file name
+    for name, label in mapping.items():
+        for dirpath, _, filenames in os.walk(folder / name, followlinks=True):
+            samples += [(label, os.path.join(dirpath, f)) for f in filenames if f.lower().endswith(_IMAGE_EXTENSIONS)]
+    samples.sort()
+    if not samples:
+        raise ValueError(f"{folder}: no images found (extensions {', '.join(_IMAGE_EXTENSIONS)})")
     images, labels = [], []
-    for img, label in ds:
-        t = pil_to_tensor(img)  # uint8 (C, H, W)
-        images.append(t)
+    for label, file in samples:
+        try:
+            arr = np.array(_pil_loader(file), dtype=np.uint8)  # a writable copy
+        except OSError as exc:
+            raise ValueError(f"{file}: not a readable image ({exc})") from None
+        images.append(torch.from_numpy(np.ascontiguousarray(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))))
         labels.append(label)
     channels = {t.shape[0] for t in images}
     if channels == {1, 3}:  # mix of grayscale and colour: make everything RGB
@@ -455,4 +527,5 @@ def _load_image_folder(path: Path, split: str) -> ImageDataset:
         raise ValueError(f"{folder}: all images must have the same size, found {sorted(sizes)[:5]}")
     x = torch.stack(images).to(torch.float32) / 255.0
     y = torch.tensor(labels, dtype=torch.int64)
-    return ImageDataset(name=str(folder), x=x, y=y, classes=tuple(ds.classes))
+    files = tuple(os.path.relpath(f, folder) for _, f in samples)
+    return ImageDataset(name=str(folder), x=x, y=y, classes=classes, files=files, class_to_idx=mapping)

@@ -1,13 +1,23 @@
 """The one place that imports auto_LiRPA: compatibility shims and a small, validated bounding API.
 
 auto_LiRPA 0.3 (the version this project pins) was written for torch<1.13 and numpy<2. On the
-torch/numpy versions the project runs on, importing it needs a few shims (see DESIGN.md section 4).
+torch/numpy versions the project runs on, importing it needs a few shims (the ``_shim_*`` functions below).
 They are applied once, lazily, the first time a bound is requested - never at ``import certify``.
 
 Everything here bounds a network ``f`` over an axis-aligned input box ``[x_lower, x_upper]``:
 for every input ``x`` in the box and every specification row ``c``, ``lower <= c^T f(x) <= upper``
 (up to float32 rounding, checked by ``tests/test_lirpa.py``). Bounds are for the model in eval mode
 (BatchNorm running statistics, no dropout).
+
+Models: the network is bounded as written, including normalisation inside ``forward`` (``(x - mean) / std``
+with registered buffers, also 0-dim ones such as ``register_buffer("mean", torch.tensor(0.286))``, or a
+``torchvision.transforms.Normalize`` / user ``Normalize`` module), Conv2d, Linear, ReLU, MaxPool2d,
+AvgPool2d, BatchNorm (eval), Dropout (eval: the identity), Flatten, ``view``/``reshape``, slicing, cat,
+sin/cos and products. The wrapper bounds a private copy of the model in which dropout layers are the
+identity and buffers that are not BatchNorm statistics are constants (auto_LiRPA 0.3 cannot
+back-propagate through a broadcast buffer). Every node of the traced graph must be one of
+:data:`SUPPORTED_OPERATORS` (each has a sampling test in ``tests/test_lirpa.py``); anything else is
+refused with one ValueError naming the operator and listing the supported ones.
 
 Example::
 
@@ -34,10 +44,12 @@ through a gather/index_select/advanced indexing that repeats an index is UNSOUND
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import importlib
 import inspect
 import logging
+import math
 import sys
 import threading
 import types
@@ -59,6 +71,20 @@ _LIRPA_METHOD = {
     "forward+backward": "Forward+Backward",
     "alpha-crown": "CROWN-Optimized",
 }
+
+# auto_LiRPA node type -> what it is; the only node types certify bounds (each is covered by a sampling
+# soundness test in tests/test_lirpa.py)
+SUPPORTED_OPERATORS = {
+    "BoundInput": "input", "BoundParams": "parameter", "BoundBuffers": "buffer", "BoundConstant": "constant",
+    "BoundLinear": "nn.Linear / matmul with a constant", "BoundConv": "nn.Conv2d", "BoundRelu": "ReLU",
+    "BoundMaxPool": "nn.MaxPool2d", "BoundAveragePool": "nn.AvgPool2d",
+    "BoundBatchNormalization": "nn.BatchNorm (eval)", "BoundFlatten": "nn.Flatten / flatten",
+    "BoundReshape": "view / reshape", "BoundUnsqueeze": "unsqueeze",
+    "BoundAdd": "+", "BoundSub": "-", "BoundMul": "*", "BoundDiv": "/ by a constant",
+    "BoundConcat": "cat / stack", "BoundSlice": "slicing", "BoundReduceSum": "sum over a dimension",
+    "BoundGather": "indexing / index_select", "BoundSin": "sin", "BoundCos": "cos",
+}
+_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 
 _SHIM_LOCK = threading.Lock()
 _LIRPA: types.SimpleNamespace | None = None
@@ -372,19 +398,76 @@ def bounded_module(model: nn.Module, example_input: torch.Tensor, *,
         raise ValueError(f"conv_mode must be one of {CONV_MODES}; got {conv_mode!r}")
     example = example_input.detach().float()
     mode = "patches" if conv_mode == "auto" else conv_mode
-    module, out = _build(model, example, mode)
+    net = _prepare(model)
+    module, out = _build(net, example, mode)
     if conv_mode == "auto" and _needs_matrix_mode(module):
         mode = "matrix"
         logger.debug("conv_mode='auto': flat-to-image reshape of a non-Linear node, using matrix mode")
-        module, out = _build(model, example, mode)
+        module, out = _build(net, example, mode)
+    elif mode == "patches" and _constant_image_ops(module):
+        raise ValueError("conv_mode='patches' cannot bound constant Add/Sub/Mul/Div on images (e.g. input "
+                         "normalisation) with auto_LiRPA 0.3; use conv_mode='auto' or 'matrix'")
     if out.dim() != 2:
         raise ValueError(f"model output must have shape (B, num_outputs); got {tuple(out.shape)}")
-    return BoundedNet(module, tuple(example.shape[1:]), int(out.shape[1]), mode, model,
+    return BoundedNet(module, tuple(example.shape[1:]), int(out.shape[1]), mode, net,
                       int(example.shape[0]))
 
 
+def _prepare(model: nn.Module) -> nn.Module:
+    """The network auto_LiRPA traces: an eval-mode copy of ``model`` whose dropout layers are the identity
+    and whose buffers (except BatchNorm statistics) are plain tensors, i.e. constants of the traced graph.
+
+    Same function as ``model.eval()``. TorchScript modules are used as they are (they cannot be edited)."""
+    if isinstance(model, torch.jit.ScriptModule):
+        return model
+    net = copy.deepcopy(model).eval()
+    for module in list(net.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, _DROPOUT):
+                setattr(module, name, nn.Identity())
+        if isinstance(module, nn.modules.batchnorm._NormBase):
+            continue
+        for name, buf in list(module._buffers.items()):
+            if buf is not None:
+                del module._buffers[name]
+                object.__setattr__(module, name, buf.detach().clone())
+    return net
+
+
+def _unsupported(module: Any) -> list[str]:
+    """Nodes of the traced graph outside :data:`SUPPORTED_OPERATORS` (and divisions by a perturbed value)."""
+    bad = []
+    for node in module._modules.values():
+        kind = type(node).__name__
+        if kind not in SUPPORTED_OPERATORS:
+            bad.append(f"{kind[5:] if kind.startswith('Bound') else kind} (node {node.name})")
+        elif kind == "BoundDiv" and getattr(node.inputs[1], "perturbed", False):
+            bad.append(f"Div by a value that depends on the input (node {node.name})")
+    return bad
+
+
+def _supported_text() -> str:
+    return ", ".join(sorted({v for k, v in SUPPORTED_OPERATORS.items()
+                             if k not in ("BoundInput", "BoundParams", "BoundBuffers", "BoundConstant")}))
+
+
+class _Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.ops: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if msg.startswith("Name: "):
+            self.ops.append(msg[len("Name: "):].split(",")[0])
+
+
 def _build(model: nn.Module, example: torch.Tensor, conv_mode: str) -> tuple[Any, torch.Tensor]:
+    """Trace ``model`` (already :func:`_prepare`-d) into a BoundedModule; ValueError for unsupported operators."""
     lib = _lirpa()
+    capture = _Capture()
+    lirpa_logger = logging.getLogger("auto_LiRPA")
+    lirpa_logger.addHandler(capture)
     was_training = model.training
     model.eval()
     try:
@@ -393,16 +476,78 @@ def _build(model: nn.Module, example: torch.Tensor, conv_mode: str) -> tuple[Any
             module = lib.BoundedModule(model, (example,), bound_opts={"conv_mode": conv_mode},
                                        device=example.device)
         module.eval()
+    except NotImplementedError:
+        ops = sorted(set(capture.ops)) or ["an operator auto_LiRPA 0.3 cannot parse"]
+        raise ValueError(f"the model uses unsupported operator(s) {', '.join(ops)}; certify bounds only: "
+                         f"{_supported_text()}") from None
     finally:
+        lirpa_logger.removeHandler(capture)
         model.train(was_training)
+    _check_constants(module)
+    bad = _unsupported(module)
+    if bad:
+        raise ValueError(f"the model uses unsupported operator(s) {', '.join(bad)}; certify bounds only: "
+                         f"{_supported_text()}")
     if conv_mode == "patches":
         _flat_add_to_matrix_mode(module)
     return module, out
 
 
+_ELEMENTWISE = ("BoundAdd", "BoundSub", "BoundMul", "BoundDiv")
+
+
+def _input_dependent(module: Any) -> set[str]:
+    """Names of the nodes that depend on the network input (the rest are constants)."""
+    dep: set[str] = set()
+    changed = True
+    while changed:
+        changed = False
+        for node in module._modules.values():
+            if node.name in dep:
+                continue
+            if type(node).__name__ == "BoundInput" or any(i.name in dep for i in node.inputs):
+                dep.add(node.name)
+                changed = True
+    return dep
+
+
+def _constant_image_ops(module: Any) -> list[tuple[Any, list[Any]]]:
+    """(node, constant operands) of Add/Sub/Mul/Div nodes on an image-shaped (4-D) tensor with an operand
+    that does not depend on the input, e.g. the normalisation ``(x - mean) / std``."""
+    dep = _input_dependent(module)
+    out = []
+    for node in module._modules.values():
+        shape = getattr(node, "output_shape", None)
+        if type(node).__name__ in _ELEMENTWISE and shape is not None and len(shape) == 4 and node.name in dep:
+            consts = [i for i in node.inputs if i.name not in dep]
+            if consts:
+                out.append((node, consts))
+    return out
+
+
+def _check_constants(module: Any) -> None:
+    """auto_LiRPA 0.3 crashes on a non-scalar constant operand with a leading batch-like dimension of size
+    1 (e.g. ``mean.view(1, -1, 1, 1)``); the same constant as (C, 1, 1) (``mean.view(-1, 1, 1)``, as
+    ``torchvision.transforms.Normalize`` does) is bounded correctly."""
+    for node, consts in _constant_image_ops(module):
+        for i in consts:
+            value = getattr(i, "forward_value", None)
+            if value is None:
+                value = getattr(i, "value", None)
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else ()
+            if len(shape) == 4 and math.prod(shape) > 1:
+                raise ValueError(
+                    f"unsupported operator: {type(node).__name__[5:]} with a constant of shape {shape} (node "
+                    f"{node.name}); give per-channel constants the shape (C, 1, 1), e.g. mean.view(-1, 1, 1) "
+                    "instead of mean.view(1, -1, 1, 1)")
+
+
 def _needs_matrix_mode(module: Any) -> bool:
     """Graphs auto_LiRPA 0.3 cannot bound in patches mode: a Reshape to an image (4-D) whose input
-    is not a Linear node (patches are only converted back to a matrix at a Linear layer)."""
+    is not a Linear node (patches are only converted back to a matrix at a Linear layer), and constant
+    operands of Add/Sub/Mul/Div on images (patches mode drops or misplaces their bias terms)."""
+    if _constant_image_ops(module):
+        return True
     for node in module._modules.values():
         if type(node).__name__ == "BoundReshape":
             shape = getattr(node, "output_shape", None)

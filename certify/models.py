@@ -30,7 +30,7 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ZooModel", "available", "build", "arch_info", "pretrained", "pretrained_info",
+__all__ = ["ZooModel", "Normalized", "available", "build", "arch_info", "pretrained", "pretrained_info",
            "available_pretrained", "ZOO_DIR"]
 
 ZOO_DIR = Path(__file__).resolve().parent / "zoo"
@@ -61,6 +61,57 @@ class ZooModel(nn.Sequential):
             if name == self.feature_layer:
                 return x.flatten(1)
         raise RuntimeError(f"feature layer {self.feature_layer!r} not found")  # pragma: no cover
+
+
+class Normalized(nn.Module):
+    """``model((x - mean) / std)``: certify a model trained on normalised inputs in pixel units.
+
+    The classifier then takes pixels in [0, 1], so smoothing noise, radii and semantic ranges are in pixel
+    units (Cohen et al.'s ``NormalizeLayer``, ART's ``preprocessing=(mean, std)``). ``mean`` and ``std`` hold
+    one value per channel (or one value for all); they are stored as buffers of shape (C, 1, 1), so they are
+    part of the state_dict and of :func:`certify.rundir.model_fingerprint`.
+
+    >>> net = Normalized(nn.Flatten(), mean=(0.5,), std=(0.25,))
+    >>> net(torch.full((1, 1, 2, 2), 0.75)).tolist()
+    [[1.0, 1.0, 1.0, 1.0]]
+    """
+
+    def __init__(self, model: nn.Module, mean, std) -> None:
+        super().__init__()
+        if not callable(model):
+            raise TypeError(f"model must be a callable (e.g. torch.nn.Module), got {type(model).__name__}")
+        mean_t = self._check("mean", mean, positive=False)
+        std_t = self._check("std", std, positive=True)
+        if mean_t.numel() != std_t.numel() and 1 not in (mean_t.numel(), std_t.numel()):
+            raise ValueError(f"mean and std must have one value per channel (or one value), got {mean_t.numel()} "
+                             f"and {std_t.numel()}")
+        self.model = model
+        self.register_buffer("mean", mean_t.reshape(-1, 1, 1))
+        self.register_buffer("std", std_t.reshape(-1, 1, 1))
+        for name in ("arch", "input_shape", "num_classes", "checkpoint_name"):
+            if hasattr(model, name):
+                setattr(self, name, getattr(model, name))
+        if hasattr(model, "feature_layer"):  # the wrapped module's name as seen from here
+            self.feature_layer = f"model.{model.feature_layer}"
+
+    @staticmethod
+    def _check(name: str, values, *, positive: bool) -> torch.Tensor:
+        if isinstance(values, (int, float)) and not isinstance(values, bool):
+            values = (values,)
+        try:
+            t = torch.as_tensor([float(v) for v in values], dtype=torch.float32)
+        except (TypeError, ValueError):
+            raise TypeError(f"{name} must be a sequence of numbers (one per channel), got {values!r}") from None
+        if t.numel() == 0 or not bool(torch.isfinite(t).all()) or (positive and not bool((t > 0).all())):
+            accepted = "finite numbers > 0" if positive else "finite numbers"
+            raise ValueError(f"{name} must be one or more {accepted} (one per channel), got {list(values)!r}")
+        return t
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() >= 3 and self.mean.shape[0] not in (1, x.shape[-3]):
+            raise ValueError(f"Normalized: mean/std have {self.mean.shape[0]} channels, the input has "
+                             f"{x.shape[-3]} (shape {tuple(x.shape)})")
+        return self.model((x - self.mean) / self.std)
 
 
 def _cnn(arch: str, in_channels: int, size: int, width: tuple[int, int, int] = (16, 32, 32),

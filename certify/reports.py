@@ -75,6 +75,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from certify._jsonio import jsonable
+from certify.rundir import format_value
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -181,23 +184,6 @@ def _sorted_norms(norms: Iterable[str]) -> list[str]:
     return sorted(norms, key=rank)
 
 
-def _format_value(value: Any) -> str:
-    if value is None or value is pd.NA:
-        return "NA"
-    if isinstance(value, (bool, np.bool_)):
-        return "1" if value else "0"
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        if math.isnan(value):
-            return "nan"
-        return repr(float(value))
-    text = str(value)
-    if "\t" in text or "\n" in text:
-        raise ValueError(f"TSV values cannot contain tabs or newlines: {text!r}")
-    return text
-
-
 def tsv_header(columns: Sequence[str]) -> str:
     """The header line (with newline) of a rows file with these columns."""
     return "\t".join(columns) + "\n"
@@ -208,21 +194,7 @@ def format_tsv_row(row: Mapping[str, Any], columns: Sequence[str]) -> str:
     missing = [c for c in columns if c not in row]
     if missing:
         raise ValueError(f"row is missing columns {missing}")
-    return "\t".join(_format_value(row[c]) for c in columns) + "\n"
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if isinstance(value, tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return value
+    return "\t".join(format_value(row[c]) for c in columns) + "\n"
 
 
 @dataclass(frozen=True, eq=False)
@@ -300,15 +272,15 @@ class RadiusReport:
 
     def metadata(self) -> dict:
         """The settings (everything except the rows) as a JSON-ready dict."""
-        meta = {k: _jsonable(getattr(self, k)) for k in _META_FIELDS}
-        meta["extra"] = _jsonable(dict(self.extra))
+        meta = {k: jsonable(getattr(self, k)) for k in _META_FIELDS}
+        meta["extra"] = jsonable(dict(self.extra))
         return meta
 
     def to_dict(self) -> dict:
         """Settings plus rows (list of dicts; ``predict`` None when unknown)."""
         rows = []
         for rec in self.rows.to_dict(orient="records"):
-            rows.append({k: (None if v is pd.NA else _jsonable(v.item() if hasattr(v, "item") else v))
+            rows.append({k: (None if v is pd.NA else jsonable(v.item() if hasattr(v, "item") else v))
                          for k, v in rec.items()})
         return {**self.metadata(), "rows": rows}
 

@@ -20,6 +20,19 @@ Guarantees (for a fixed input x, over the sampling randomness):
   the decision (``target_radius``) or the radius (``radius_tol``) is settled: p_lower comes from a confidence
   sequence (:mod:`estimators.sequential`), valid at whatever data-dependent time sampling stops.
 
+Floating point (``sound=True``, Voracek & Hein, ICLR 2023). By default the model sees fl(x + sigma z): the
+statements above hold for the Gaussian noise of exact arithmetic, and a model that reads the rounding pattern
+of the float sum can obtain false certificates. With ``sound=True`` inputs must lie on the 1/255 grid of
+[0, 1]; the noise is drawn exactly on that lattice from random integers (:mod:`estimators.lattice`), the model
+sees a deterministic function of an integer vector, and the certificate holds in exact arithmetic for the base
+classifier x -> model(fl(clip(round(255 x)) / 255)) under Gaussian noise, for every x' with
+||x' - x||_2 < radius (in particular every grid point); p_lower already subtracts the sampler's total-variation
+bound (~1e-13). Zeroth order only.
+
+Precision: noise is drawn and added in float32 (float64 for float64 models), never in float16/bfloat16; a
+half-precision model receives round_to_its_dtype(x + sigma z) computed in float32, i.e. the certified base
+classifier is y -> model(round(y)) (``SmoothingCertificate.model_dtype`` records the dtype).
+
 The radius formulas live in :mod:`estimators.radius` and are re-exported here.
 """
 from __future__ import annotations
@@ -35,10 +48,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from certify._checks import check_int
 from certify._modes import eval_mode as _eval_mode
-
 from estimators.confidence import AlphaBudget, binomial_test_pvalue, check_alpha, clopper_pearson_lower
 from estimators.gradient import GradientBounds, gradient_bound_names, gradient_bounds
+from estimators.lattice import LatticeSource, grid_indices, lattice_noise, total_variation
 from estimators.radius import (
     channel_radius_first_order,
     cohen_radius,
@@ -54,6 +68,8 @@ from estimators.sequential import check_schedule, scheduled_clopper_pearson, sto
 
 __all__ = [
     "Smooth",
+    "PIXEL_RANGE",
+    "check_pixels",
     "Prediction",
     "SmoothingCertificate",
     "cohen_radius",
@@ -123,6 +139,9 @@ class SmoothingCertificate:
         target_radius), "unreachable" (upper bound below Phi(r / sigma)), "out_of_budget" (even if
         all remaining samples voted for the label, r could not be certified), "converged" (the radius can
         grow by at most radius_tol * sigma) or "exhausted" (n_estimate samples drawn).
+      sound: True when certified with lattice noise (``Smooth(..., sound=True)``; p_lower then already subtracts
+        the sampler's total-variation bound); model_dtype: the dtype the model received (noise is always drawn
+        and added in float32/float64 and the sum rounded once to this dtype).
     """
 
     label: int
@@ -147,6 +166,8 @@ class SmoothingCertificate:
     target_radius: Optional[float] = None
     radius_tol: Optional[float] = None
     stop_reason: str = "fixed"
+    sound: bool = False
+    model_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if self.n_used is None:
@@ -165,14 +186,6 @@ class SmoothingCertificate:
 # ----------------------------------------------------------------------------------------------------------
 # validation (one place)
 # ----------------------------------------------------------------------------------------------------------
-def _positive_int(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
-    return int(value)
-
-
 def _real(value, name: str, accepted: str, ok) -> float:
     """A finite real number (not bool) satisfying ``ok``; otherwise ValueError naming ``accepted``, the range."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(float(value))
@@ -198,10 +211,10 @@ def _validate(*, sigma=None, alpha=None, seed=None, target_radius=None, radius_t
     if alpha is not None:
         out["alpha"] = check_alpha(alpha, "alpha")
     if seed is not None:
-        out["seed"] = _positive_int(seed, "seed", 0)
+        out["seed"] = check_int("seed", seed, 0)
     for name, value in counts.items():
         minimum = 2 if name == "num_classes" else 1
-        out[name] = _positive_int(value, name, minimum)
+        out[name] = check_int(name, value, minimum)
     return out
 
 
@@ -218,6 +231,46 @@ def _model_device_dtype(model) -> tuple[torch.device, torch.dtype]:
 
 
 
+#: the input range Smooth accepts by default: pixels in [0, 1], so sigma and radii are in pixel units
+PIXEL_RANGE = (0.0, 1.0)
+
+
+def _check_input_range(input_range) -> tuple[float, float] | None:
+    if input_range is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in input_range)
+    except (TypeError, ValueError):
+        raise TypeError(f"input_range must be None or (low, high), got {input_range!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"input_range must be None or finite (low, high) with low < high, got {input_range!r}")
+    return lo, hi
+
+
+def check_pixels(x, input_range: tuple[float, float] | None = PIXEL_RANGE) -> None:
+    """Refuse integer images and values outside ``input_range`` (None: no check).
+
+    Smoothing noise and radii are in the units of ``x``; 0-255 pixels or normalised inputs ((x - mean) / std)
+    would silently give radii in other units.
+    """
+    if input_range is None:
+        return
+    if isinstance(x, np.ndarray) and x.dtype.kind in "iuf":
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    if not isinstance(x, torch.Tensor) or x.dtype == torch.bool or x.is_complex():
+        return  # _prepare names the accepted types
+    lo, hi = input_range
+    if not x.is_floating_point():
+        raise TypeError(f"x has integer dtype {x.dtype}: pass float pixels in [{lo:g}, {hi:g}] (e.g. x.float() / 255)")
+    finite = x[torch.isfinite(x)]
+    if finite.numel() and (float(finite.min()) < lo or float(finite.max()) > hi):
+        raise ValueError(
+            f"x must hold pixel values in [{lo:g}, {hi:g}], got values in [{float(finite.min()):g}, "
+            f"{float(finite.max()):g}]: divide 0-255 images by 255 and put normalisation ((x - mean) / std) inside "
+            "the model (certify.models.Normalized), so sigma and radii are in pixel units; "
+            "Smooth(..., input_range=None) turns the check off for inputs that are not images")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Smooth
 # ----------------------------------------------------------------------------------------------------------
@@ -225,28 +278,42 @@ class Smooth:
     """A Gaussian-smoothed classifier around ``model`` (any callable/nn.Module mapping (B, *S) -> (B, K)).
 
     ``num_classes`` K >= 2, ``sigma`` > 0 is the noise standard deviation in input units. Sampling runs on the
-    model's device (first parameter/buffer; CPU for parameter-free callables) in the model's floating dtype.
-    The model is put in eval mode during sampling and every submodule's mode is restored afterwards.
+    model's device (first parameter/buffer; CPU for parameter-free callables); noise is drawn in float32 (float64
+    for float64 models) and the noisy input cast to the model's floating dtype (float16/bfloat16 models receive
+    the float32 sum rounded once). ``sound=True``: floating-point sound lattice noise for inputs on the 1/255
+    grid (see the module docstring; other inputs raise ValueError). The model is put in eval mode during
+    sampling and every submodule's mode is restored afterwards.
     Inputs: ONE example of shape (C, H, W), a flat vector (D,), or any other shape of at most 3 axes that the
     model accepts (it receives batches (B, *shape)); a 4-D (1, C, H, W) input is squeezed to (C, H, W) and a 4-D
-    batch of several examples is rejected. torch tensors or numpy arrays; converted to the model's dtype and
-    device; must be finite. Channels for per-channel radii: C = shape[0] for 3-D inputs, otherwise 1.
+    batch of several examples is rejected. torch tensors or numpy arrays; converted to the noise dtype and the
+    model's device; must be finite. Channels for per-channel radii: C = shape[0] for 3-D inputs, otherwise 1.
+    ``input_range`` (default [0, 1], pixels): inputs outside it and integer dtypes are refused
+    (:func:`check_pixels`); None for inputs that are not images in pixel units.
     """
 
-    def __init__(self, model, num_classes: int, sigma: float):
+    def __init__(self, model, num_classes: int, sigma: float, *,
+                 input_range: tuple[float, float] | None = PIXEL_RANGE, sound: bool = False):
         if not callable(model):
             raise TypeError(f"model must be a callable (e.g. torch.nn.Module), got {type(model).__name__}")
+        if not isinstance(sound, bool):
+            raise TypeError(f"sound must be a bool, got {type(sound).__name__}")
         v = _validate(sigma=sigma, num_classes=num_classes)
         self.model = model
         self.num_classes = v["num_classes"]
         self.sigma = v["sigma"]
+        self.input_range = _check_input_range(input_range)
+        self.sound = sound
         self.device, self.dtype = _model_device_dtype(model)
+        self.noise_dtype = self.dtype if self.dtype in (torch.float32, torch.float64) else torch.float32
+        self.lattice = lattice_noise(self.sigma) if sound else None
 
     def __repr__(self) -> str:
-        return f"Smooth(model={type(self.model).__name__}, num_classes={self.num_classes}, sigma={self.sigma})"
+        return (f"Smooth(model={type(self.model).__name__}, num_classes={self.num_classes}, sigma={self.sigma}"
+                f"{', sound=True' if self.sound else ''})")
 
     # -- input ----------------------------------------------------------------------------------------------
     def _prepare(self, x) -> torch.Tensor:
+        check_pixels(x, self.input_range)
         if isinstance(x, np.ndarray):
             if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)) or x.dtype == bool:
                 raise TypeError(f"x must hold real numbers, got dtype {x.dtype}")
@@ -266,9 +333,11 @@ class Smooth:
             raise ValueError(f"x must be one example of shape (C, H, W) or (D,), got shape {tuple(x.shape)}")
         if x.numel() == 0:
             raise ValueError("x must not be empty")
-        x = x.detach().to(device=self.device, dtype=self.dtype).contiguous()
+        x = x.detach().to(device=self.device, dtype=self.noise_dtype).contiguous()
         if not bool(torch.isfinite(x).all()):
             raise ValueError("x must be finite (no NaN or inf)")
+        if self.sound:
+            grid_indices(x)  # raises ValueError off the 1/255 grid
         return x
 
     @staticmethod
@@ -276,8 +345,12 @@ class Smooth:
         return int(x.shape[0]) if x.ndim == 3 else 1
 
     def _sample(self, x, *, n, batch_size, seed, target=None):
+        source = None
+        if self.lattice is not None:
+            source = LatticeSource(grid_indices(x), self.lattice, self.dtype, min(batch_size, n))
         return sample_noise(self.model, x, sigma=self.sigma, n=n, num_classes=self.num_classes,
-                            batch_size=batch_size, seed=seed, target=target)
+                            batch_size=batch_size, seed=seed, target=target, input_dtype=self.dtype,
+                            noise_source=source)
 
     # -- PREDICT --------------------------------------------------------------------------------------------
     def predict(self, x, *, n: int, alpha: float, batch_size: int = 1000, seed: int = 0) -> Prediction:
@@ -285,7 +358,9 @@ class Smooth:
 
         Draws n noisy samples; with n_A >= n_B the top two counts, abstains when the two-sided binomial test
         p-value of n_A out of n_A + n_B at 1/2 exceeds alpha. Guarantee: P(not abstained and label != g(x)) <=
-        alpha. The noise stream is seeded by ``derive_seeds(seed, 1)[0]``.
+        alpha. The noise stream is seeded by ``derive_seeds(seed, 1)[0]``. With ``sound=True`` the statement is
+        about the smoothed classifier of the lattice sampler (within ~1e-13 of the ideal one in every class
+        probability).
         """
         v = _validate(alpha=alpha, seed=seed, n=n, batch_size=batch_size)
         start = time.perf_counter()
@@ -316,7 +391,9 @@ class Smooth:
            half-sample sums of z (1{f = cA} - 1/2).
         3. p_lower = Clopper-Pearson lower bound of n_A / n_estimate at level alpha (zeroth order) or
            alpha_split["p_lower"] = alpha / 2 (first order: the other half is split equally between the
-           gradient bounds, see ``alpha_split``). Abstain when p_lower <= 1/2; else radius = sigma Phi^-1(p_lower).
+           gradient bounds, see ``alpha_split``). With ``sound=True`` the lattice sampler's total-variation bound
+           (:func:`estimators.lattice.total_variation`, ~1e-13) is subtracted. Abstain when p_lower <= 1/2; else
+           radius = sigma Phi^-1(p_lower).
         4. First order: radii from (p_lower, gradient bounds) by :mod:`estimators.radius`; each is raised to at
            least the zeroth-order value for its norm.
         Seeds: the two streams use ``derive_seeds(seed, 2)``.
@@ -365,6 +442,8 @@ class Smooth:
             p_lower = float(seq.pop("p_lower"))
         else:
             p_lower = float(clopper_pearson_lower(n_a, v["n_estimate"], budget["p_lower"]))
+        if self.lattice is not None:  # the ideal rounded-Gaussian probability is within the TV bound
+            p_lower = max(0.0, p_lower - total_variation(self.lattice, int(xt.numel())))
         abstained = p_lower <= 0.5
         radius = 0.0 if abstained else float(cohen_radius(p_lower, self.sigma))
         radii: dict[str, float] = {}
@@ -384,15 +463,18 @@ class Smooth:
             counts=tuple(int(c) for c in est_counts), alpha_split=budget.to_dict(), sigma=self.sigma,
             n_select=v["n_select"], n_estimate=v["n_estimate"], alpha=v["alpha"], seed=v["seed"],
             time_s=time.perf_counter() - start, first_order=first_order, input_shape=tuple(xt.shape),
-            counts_select=tuple(int(c) for c in sel.counts), gradient=grad, n_used=int(n_used),
+            counts_select=tuple(int(c) for c in sel.counts), gradient=grad, sound=self.sound,
+            model_dtype=str(self.dtype).replace("torch.", ""), n_used=int(n_used),
             sequential=bool(sequential), target_radius=v.get("target_radius") if sequential else None,
             radius_tol=v["radius_tol"] if sequential else None, stop_reason=seq.get("stop_reason", "fixed"))
 
-    @staticmethod
-    def _check_certify_args(*, first_order, sequential, target_radius, radius_tol, **budgets) -> dict[str, Any]:
+    def _check_certify_args(self, *, first_order, sequential, target_radius, radius_tol, **budgets) -> dict[str, Any]:
         for name, flag in (("first_order", first_order), ("sequential", sequential)):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+        if first_order and self.sound:
+            raise ValueError("first_order: not available with sound=True (the first-order bounds need the "
+                             "continuous Gaussian noise); use first_order=False")
         v = _validate(target_radius=target_radius, radius_tol=radius_tol, **budgets)
         if radius_tol is None:
             raise ValueError("radius_tol must be a finite number > 0 (sigma units), got None")

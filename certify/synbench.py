@@ -42,21 +42,21 @@ those of the raw data at the same accuracy levels.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 from scipy import stats
 from torch import nn
 
+from certify._checks import check_int
+from certify._progress import track
 from estimators import gaussian_mixture as gm
 from estimators import robust_linear as rl
 
@@ -100,14 +100,6 @@ _FORMAT = "certify.synbench/1"
 # ----------------------------------------------------------------------------------------------
 # validation
 # ----------------------------------------------------------------------------------------------
-def _positive_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def _float_tuple(name: str, values, *, low: float, low_open: bool, high: float, high_open: bool,
                  increasing: bool) -> tuple[float, ...]:
     if isinstance(values, (int, float, np.floating, np.integer)) and not isinstance(values, bool):
@@ -141,13 +133,6 @@ def _input_shape(value) -> tuple[int, ...]:
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"input_shape must be a tuple of positive ints such as (C, H, W), got {value!r}")
     return tuple(int(v) for v in value)
-
-
-def _progress(iterable, *, verbose: bool, desc: str, total: int | None = None):
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc=desc, total=total, leave=False,
-                disable=not (verbose and sys.stderr.isatty()))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -329,7 +314,7 @@ def sample_mixture(separation: float, input_shape: Sequence[int], n: int, *, see
     for testing.
     """
     shape = _input_shape(input_shape)
-    n = _positive_int("n", n)
+    n = check_int("n", n)
     mapping = _pixel_mapping(pixel_mapping)
     xs, ys = zip(*(_mixture_chunks(float(separation), shape, n, seed, split, mapping)))
     return torch.cat(xs), torch.cat(ys)
@@ -469,11 +454,11 @@ def extract_features(encoder: nn.Module, x: torch.Tensor, *, layer: str | None =
     """Features ``(N, F)`` (float64, CPU) of the inputs ``x`` (N, ...), batched; see :class:`FeatureExtractor`."""
     if not isinstance(x, torch.Tensor) or x.ndim < 2:
         raise TypeError("x must be a tensor of shape (N, ...)")
-    batch_size = _positive_int("batch_size", batch_size)
+    batch_size = check_int("batch_size", batch_size)
     dev = _device(encoder, device)
     out = []
     with FeatureExtractor(encoder, layer=layer, flatten=flatten) as fx:
-        for i in _progress(range(0, x.shape[0], batch_size), verbose=verbose, desc="features"):
+        for i in track(range(0, x.shape[0], batch_size), total=None, enabled=verbose, desc="features", unit="batch"):
             out.append(fx(x[i:i + batch_size].to(dev)).to("cpu", torch.float64))
     return torch.cat(out)
 
@@ -717,9 +702,9 @@ def evaluate(encoder: nn.Module, input_shape: Sequence[int], eps: Sequence[float
     seps = _float_tuple("separations", separations, low=0.0, low_open=True, high=math.inf,
                         high_open=True, increasing=True)
     grid = _float_tuple("a_grid", a_grid, low=0.5, low_open=True, high=1.0, high_open=False, increasing=True)
-    n_train = _positive_int("n_train", n_train, 8)
-    n_test = _positive_int("n_test", n_test, 1)
-    batch_size = _positive_int("batch_size", batch_size)
+    n_train = check_int("n_train", n_train, 8)
+    n_test = check_int("n_test", n_test, 1)
+    batch_size = check_int("batch_size", batch_size)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     mapping = _pixel_mapping(pixel_mapping)
@@ -740,7 +725,7 @@ def evaluate(encoder: nn.Module, input_shape: Sequence[int], eps: Sequence[float
     feature_dim = -1
     t0 = time.perf_counter()
     with FeatureExtractor(encoder, layer=layer, flatten=flatten) as fx:
-        for k in _progress(range(len(seps)), verbose=verbose, desc="SynBench separations"):
+        for k in track(range(len(seps)), total=len(seps), enabled=verbose, desc="SynBench separations"):
             s = seps[k]
             h_tr, y_tr = _encode_split(fx, s, shape, n_train, int(seed), 0, mapping, batch_size, dev, dtype)
             h_te, y_te = _encode_split(fx, s, shape, n_test, int(seed), 1, mapping, batch_size, dev, dtype)
@@ -908,7 +893,7 @@ def robust_probe(encoder: nn.Module, train, test, eps: Sequence[float] = (0.0, 0
     if scale <= 0:
         raise ValueError("the class means of the training features coincide; cannot set a relative eps")
     clean, robust, train_clean, conv = [], [], [], []
-    for e in _progress(eps_t, verbose=verbose, desc="robust probes"):
+    for e in track(eps_t, total=len(eps_t), enabled=verbose, desc="robust probes"):
         probe = rl.train_robust_probe(h_tr, y_tr, num_classes=num_classes, eps=e * scale,
                                       weight_decay=weight_decay, max_iter=max_iter, seed=seed)
         conv.append(probe.converged)
@@ -1061,7 +1046,7 @@ def compare(radius_report, *, sigma: float = 1.0, radii: Sequence[float] | None 
                          f"as Bayes accuracy, got {a!r}")
     mu_norm = sigma * float(stats.norm.ppf(a))
     if radii is None:
-        num_radii = _positive_int("num_radii", num_radii, 2)
+        num_radii = check_int("num_radii", num_radii, 2)
         r_max = mu_norm
         frame = getattr(radius_report, "to_frame", None)
         if callable(frame):

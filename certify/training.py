@@ -30,7 +30,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from certify import models as zoo
+from certify._modes import eval_mode
 from certify.data import ImageDataset, load_dataset
 
 logger = logging.getLogger(__name__)
@@ -119,14 +119,11 @@ def _validate(arch, epochs, sigma, batch_size, lr, augment, eps, adv_fraction, p
 
 def evaluate_accuracy(model: nn.Module, dataset: ImageDataset, *, batch_size: int = 1000) -> float:
     """Clean top-1 accuracy of ``model`` on ``dataset`` (eval mode restored afterwards)."""
-    was_training = model.training
-    model.eval()
     correct = 0
-    with torch.inference_mode():
+    with eval_mode(model), torch.inference_mode():
         for start in range(0, len(dataset), batch_size):
             xb = dataset.x[start:start + batch_size]
             correct += int((model(xb).argmax(1) == dataset.y[start:start + batch_size]).sum())
-    model.train(was_training)
     return correct / max(1, len(dataset))
 
 
@@ -219,34 +216,33 @@ def train(arch: str, dataset: str | ImageDataset, *, epochs: int, sigma: float =
     n = len(train_set)
     steps_per_epoch = math.ceil(n / batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr * 3, total_steps=epochs * steps_per_epoch)
-    show = verbose and sys.stderr.isatty()
-    from tqdm.auto import tqdm
+    from certify._progress import progress
 
     start = time.perf_counter()
     loss_value = float("nan")
     for epoch in range(epochs):
         model.train()
         order = torch.randperm(n, generator=shuffle_gen)
-        bar = tqdm(range(steps_per_epoch), desc=f"{arch} epoch {epoch + 1}/{epochs}", disable=not show,
-                   leave=False)
         running = 0.0
-        for step in bar:
-            idx = order[step * batch_size:(step + 1) * batch_size]
-            xb, yb = train_set.x[idx], train_set.y[idx]
-            if augment == "noise":
-                xb = xb + sigma * torch.randn(xb.shape, generator=noise_gen)
-            elif augment in ("fgsm", "pgd"):
-                k = max(1, round(adv_fraction * len(idx)))
-                x_adv = _adversarial(model, xb[:k], yb[:k], augment, eps, pgd_steps, attack_gen)
-                model.train()
-                xb = torch.cat([x_adv.detach(), xb[k:]])
-            loss = F.cross_entropy(model(xb), yb)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            scheduler.step()
-            running = 0.9 * running + 0.1 * float(loss.detach()) if step else float(loss.detach())
-            if show:
+        with progress(total=steps_per_epoch, desc=f"{arch} epoch {epoch + 1}/{epochs}", unit="step",
+                      enabled=verbose) as bar:
+            for step in range(steps_per_epoch):
+                idx = order[step * batch_size:(step + 1) * batch_size]
+                xb, yb = train_set.x[idx], train_set.y[idx]
+                if augment == "noise":
+                    xb = xb + sigma * torch.randn(xb.shape, generator=noise_gen)
+                elif augment in ("fgsm", "pgd"):
+                    k = max(1, round(adv_fraction * len(idx)))
+                    x_adv = _adversarial(model, xb[:k], yb[:k], augment, eps, pgd_steps, attack_gen)
+                    model.train()
+                    xb = torch.cat([x_adv.detach(), xb[k:]])
+                loss = F.cross_entropy(model(xb), yb)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                scheduler.step()
+                running = 0.9 * running + 0.1 * float(loss.detach()) if step else float(loss.detach())
+                bar.update(1)
                 bar.set_postfix(loss=f"{running:.3f}")
         loss_value = running
         logger.info("%s epoch %d/%d: loss %.4f", arch, epoch + 1, epochs, running)

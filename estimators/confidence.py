@@ -18,6 +18,8 @@ from typing import Mapping
 import numpy as np
 from scipy import stats
 
+from estimators._checks import check_alpha
+
 __all__ = [
     "clopper_pearson_lower",
     "clopper_pearson_upper",
@@ -26,16 +28,6 @@ __all__ = [
     "AlphaBudget",
     "check_alpha",
 ]
-
-
-def check_alpha(alpha: float, name: str = "alpha") -> float:
-    """Validate a failure probability: a real number strictly inside (0, 1). Returns it as float."""
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
-        raise TypeError(f"{name} must be a real number in (0, 1), got {type(alpha).__name__}")
-    alpha = float(alpha)
-    if not (0.0 < alpha < 1.0):  # also rejects NaN
-        raise ValueError(f"{name} must be in (0, 1), got {alpha!r}")
-    return alpha
 
 
 def _counts(k, n, alpha):

@@ -18,8 +18,9 @@ first-order (KKT) conditions; for lambda > 0 the derivative in q(a) is proportio
 2 sinh(lambda a / 2) / E[exp(lambda zeta s)] - lambda a, convex in a >= 0 and zero at a = 0, so it changes sign at
 most once and the maximiser is a threshold rule s = sign(|zeta| - t)/2 (t = 0 and t = inf included; lambda < 0 is
 the mirror image s -> -s). A numerical sweep over t and lambda gives a largest proxy of ~0.402 <= c
-(tests/test_gradient.py repeats this check). Hence m1 - G, m2 - G, m - G are sub-Gaussian *vectors* with proxy
-c/n1, c/n2, c/n: P(<u, m - G> >= t) <= exp(-n t^2 / (2c)) for every fixed unit u.
+(tests/test_gradient.py repeats this check; the proof sketch is in docs/subgaussian.md). Hence m1 - G, m2 - G,
+m - G are sub-Gaussian *vectors* with proxy c/n1, c/n2, c/n: P(<u, m - G> >= t) <= exp(-n t^2 / (2c)) for every
+fixed unit u.
 
 Upper bounds on a norm ||G|| need only ONE fixed direction: u* = the dual-norm maximiser of G (deterministic
 because G is), and <u*, m> <= ||u*||_dual ||m||. So no union bound over coordinates or sign vectors is needed

@@ -21,8 +21,8 @@ gradient (checked against finite differences in the tests), on centred features 
 global scale (an exact
 reparametrisation: norms in the penalty are always taken in the original feature space); a small
 ``weight_decay`` on the rescaled weights keeps the optimum finite on separable data. numpy is
-used rather than torch autograd because these problems are tiny and torch's intra-op threads make
-them 20x slower on a shared CPU.
+used rather than torch autograd because these problems are tiny and torch's per-call overhead
+dominates them.
 """
 from __future__ import annotations
 

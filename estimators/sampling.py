@@ -14,12 +14,20 @@ Memory is O(batch_size * D) regardless of n: one noise buffer and one input buff
 sums cost one (2, B) @ (B, D) matrix product per batch. No per-sample Python work; counts stay on the device
 and are read back once.
 
+Precision: noise is drawn and added in float32 or float64, never in a half dtype: for a float16/bfloat16 x the
+sum x + sigma z is formed in float32 and rounded once to ``input_dtype`` (default x's dtype) for the
+classifier, so the certified base classifier is y -> classifier(round(y)) with Gaussian y in float32.
+
+Noise source hook: ``noise_source(b, generator)`` replaces x + sigma z by any batch of classifier inputs
+(e.g. the lattice noise of :mod:`estimators.lattice`); first-order sums need the Gaussian z and are then
+unavailable.
+
 Determinism: all noise comes from one ``torch.Generator`` on x's device, seeded with ``seed`` (or supplied by
 the caller) and consumed batch by batch (``normal_`` on a (B, *S) buffer). On CPU the next batch's noise is
 drawn by one helper thread while the classifier evaluates the current batch (``overlap``; two buffer pairs
-alternate); the helper consumes the generator in the same batch order, so the noise is identical either way.
-Results are identical for the same (seed, n, batch_size, input, device type, torch version); a different
-batch_size changes how the generator's stream is cut into batches and therefore the noise. Scores are computed under ``torch.inference_mode``.
+alternate); the helper consumes the generator in the same batch order, so the noise is identical either way. Results are identical for the same
+(seed, n, batch_size, input, device type, torch version); a different batch_size changes how the generator's
+stream is cut into batches and therefore the noise. Scores are computed under ``torch.inference_mode``.
 The classifier's train/eval mode is NOT changed here (``certify.smoothing.Smooth`` handles that).
 """
 from __future__ import annotations
@@ -36,13 +44,16 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from estimators._checks import check_int
+
 __all__ = ["SampleStats", "sample_noise", "make_generator", "derive_seeds"]
 
 logger = logging.getLogger(__name__)
 
 
 class _NoiseBatches:
-    """Consecutive (z, x + sigma z) batches of sizes bs, bs, ..., (rest) from ``generator``, in order.
+    """Consecutive (z, x + sigma z) batches of sizes ``sizes`` = bs, bs, ..., (rest), drawn from ``generator`` in
+    order; the sum is formed in x's dtype and rounded once to ``input_dtype``.
 
     Two buffer pairs alternate. With ``overlap`` a single helper thread draws batch i + 1 into the other pair
     while the caller uses batch i; the caller must be done with a batch when it asks for the next one. The
@@ -51,15 +62,17 @@ class _NoiseBatches:
     """
 
     def __init__(self, x: torch.Tensor, sigma: float, bs: int, n: int, generator: torch.Generator, *,
-                 overlap: Optional[bool]):
+                 input_dtype: torch.dtype, overlap: Optional[bool]):
         if overlap is None:  # worth a thread switch per batch: CPU, several batches, >= 2**16 values per batch
             overlap = x.device.type == "cpu" and n > bs and bs * x.numel() >= 2 ** 16
-        self.x, self.sigma, self.generator = x, sigma, generator
+        self.x, self.sigma, self.generator, self.input_dtype = x, sigma, generator, input_dtype
         self.sizes = [min(bs, n - s) for s in range(0, n, bs)]
         slots = 2 if overlap else 1
         self.noise = [torch.empty((bs, *x.shape), device=x.device, dtype=x.dtype) for _ in range(slots)]
         self.inputs = [torch.empty((bs, *x.shape), device=x.device, dtype=x.dtype) for _ in range(slots)]
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="certify-noise") if overlap else None
+        self._next = 0
+        self._pending = None
 
     def _fill(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         slot = i % len(self.noise)
@@ -67,19 +80,21 @@ class _NoiseBatches:
         with torch.inference_mode():  # thread-local: the helper thread needs it too (buffers may be inference tensors)
             z = self.noise[slot][:b]
             z.normal_(generator=self.generator)
-            return z, torch.add(self.x, z, alpha=self.sigma, out=self.inputs[slot][:b])
+            batch = torch.add(self.x, z, alpha=self.sigma, out=self.inputs[slot][:b])
+            if self.input_dtype != self.x.dtype:  # round the float32 sum once to the classifier's dtype
+                batch = batch.to(self.input_dtype)
+            return z, batch
 
-    def __iter__(self):
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next (z, batch); with overlap, also starts drawing the one after it."""
+        i = self._next
+        self._next += 1
         if self.pool is None:
-            for i in range(len(self.sizes)):
-                yield self._fill(i)
-            return
-        pending = self.pool.submit(self._fill, 0)
-        for i in range(len(self.sizes)):
-            z, batch = pending.result()
-            if i + 1 < len(self.sizes):
-                pending = self.pool.submit(self._fill, i + 1)
-            yield z, batch
+            return self._fill(i)
+        pending = self._pending if self._pending is not None else self.pool.submit(self._fill, i)
+        z, batch = pending.result()
+        self._pending = self.pool.submit(self._fill, i + 1) if i + 1 < len(self.sizes) else None
+        return z, batch
 
     def __enter__(self) -> "_NoiseBatches":
         return self
@@ -125,12 +140,18 @@ def make_generator(seed: int, device) -> torch.Generator:
     return gen
 
 
-def _check_int(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
-    return int(value)
+def _check_hooks(x: torch.Tensor, target, input_dtype, noise_source) -> torch.dtype:
+    """Validate ``noise_source`` / ``input_dtype`` of :func:`sample_noise`; returns the classifier input dtype."""
+    if noise_source is not None:
+        if not callable(noise_source):
+            raise TypeError(f"noise_source must be callable, got {type(noise_source).__name__}")
+        if target is not None:
+            raise ValueError("first-order sums (target) need Gaussian noise, not a noise_source")
+    if input_dtype is None:
+        return x.dtype
+    if not (isinstance(input_dtype, torch.dtype) and input_dtype.is_floating_point):
+        raise TypeError(f"input_dtype must be a floating torch.dtype, got {input_dtype!r}")
+    return input_dtype
 
 
 def sample_noise(
@@ -145,15 +166,20 @@ def sample_noise(
     generator: Optional[torch.Generator] = None,
     target: Optional[int] = None,
     progress: bool = False,
+    input_dtype: Optional[torch.dtype] = None,
+    noise_source: Optional[Callable[[int, torch.Generator], torch.Tensor]] = None,
     overlap: Optional[bool] = None,
 ) -> SampleStats:
     """Evaluate ``classifier`` on n noisy copies x + sigma z and return counts (and first-order sums).
 
     ``x`` is ONE example (a tensor of any shape, already on the classifier's device and dtype). Exactly one of
     ``seed`` / ``generator`` must be given. ``classifier(batch)`` must return a (B, num_classes) tensor of
-    finite scores; anything else raises ValueError. See the module docstring for the outputs and what is
-    deterministic. ``overlap`` (default: on for CPU tensors with at least 2 batches of >= 2**16 values) draws the
-    next batch's noise in a helper thread; it never changes the results.
+    finite scores; anything else raises ValueError. ``input_dtype``: the dtype the classifier receives (default
+    x's dtype); noise is drawn in float32 when x or input_dtype is a half dtype, else in x's dtype.
+    ``noise_source(b, generator)``: returns the (b, *S) classifier inputs instead of x + sigma z (no ``target``).
+    ``overlap`` (default: on for CPU tensors with at least 2 batches of >= 2**16 values, never with a
+    ``noise_source``) draws the next batch's noise in a helper thread; it never changes the results.
+    See the module docstring for the outputs and what is deterministic.
     """
     if not callable(classifier):
         raise TypeError(f"classifier must be callable, got {type(classifier).__name__}")
@@ -163,30 +189,34 @@ def sample_noise(
         raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
     if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not (math.isfinite(sigma) and sigma > 0):
         raise ValueError(f"sigma must be a positive finite number, got {sigma!r}")
-    n = _check_int(n, "n")
-    num_classes = _check_int(num_classes, "num_classes", 2)
-    batch_size = _check_int(batch_size, "batch_size")
+    n = check_int("n", n)
+    num_classes = check_int("num_classes", num_classes, 2)
+    batch_size = check_int("batch_size", batch_size)
     if (seed is None) == (generator is None):
         raise ValueError("give exactly one of seed or generator")
     if generator is None:
-        seed = _check_int(seed, "seed", 0)
+        seed = check_int("seed", seed, 0)
         generator = make_generator(seed, x.device)
     elif not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     if target is not None:
-        target = _check_int(target, "target", 0)
+        target = check_int("target", target, 0)
         if target >= num_classes:
             raise ValueError(f"target must be in [0, {num_classes}), got {target}")
         if n < 2:
             raise ValueError("first-order sums need n >= 2 (two halves)")
+    input_dtype = _check_hooks(x, target, input_dtype, noise_source)
 
     shape = tuple(x.shape)
     dim = int(x.numel())
-    device, dtype = x.device, x.dtype
+    device = x.device
+    dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32  # the noise dtype
+    x = x.to(dtype)
     bs = min(batch_size, n)
     start = time.perf_counter()
 
-    source = _NoiseBatches(x, float(sigma), bs, n, generator, overlap=overlap)
+    source = _NoiseBatches(x, float(sigma), bs, n, generator, input_dtype=input_dtype,
+                           overlap=False if noise_source is not None else overlap)
     counts = torch.zeros(num_classes, dtype=torch.int64, device=device)
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     if target is not None:
@@ -194,7 +224,6 @@ def sample_noise(
         hits = torch.zeros(2, dtype=torch.int64, device=device)
         parity = torch.arange(bs, device=device) % 2
         half_mask = torch.stack([parity == 0, parity == 1]).to(dtype)  # (2, bs) for an even start index
-        acc_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
     bar = None
     if progress and sys.stderr.isatty():
@@ -204,8 +233,11 @@ def sample_noise(
     done = 0
     checked = False
     with torch.inference_mode(), source:
-        for z, batch in source:
-            b = int(z.shape[0])
+        for b in source.sizes:
+            if noise_source is not None:
+                z, batch = source.noise[0][:b], noise_source(b, generator)  # z unused: no first-order sums here
+            else:
+                z, batch = source.next()
             if not checked:
                 try:
                     scores = classifier(batch)
@@ -230,8 +262,6 @@ def sample_noise(
                 mask = half_mask[:, :b] if done % 2 == 0 else half_mask.flip(0)[:, :b]
                 weights = mask * (hit.to(dtype) - 0.5)  # (2, b)
                 zf = z.reshape(b, dim)
-                if acc_dtype != dtype:  # half precision models: accumulate the matmul in float32
-                    weights, zf = weights.to(acc_dtype), zf.to(acc_dtype)
                 sums += (weights @ zf).to(torch.float64)
                 hits += (mask * hit.to(dtype)).sum(dim=1).to(torch.int64)
             done += b

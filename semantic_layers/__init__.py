@@ -6,9 +6,16 @@ Families (``available()`` lists the registry keys):
 - ``saturation`` (:class:`Saturation`, layer): HSL ``s' = clip(s + theta, 0, 1)``
 - ``lightness`` (:class:`Lightness`, layer): HSL ``l' = clip(l + theta, 0, 1)``
 - ``brightness`` (:class:`Brightness`, layer): ``clip(x + b, 0, 1)``
-- ``contrast`` (:class:`Contrast`, layer): ``clip((1 + a) x, 0, 1)``
-- ``brightness_contrast`` (:class:`BrightnessContrast`, layer): ``clip((1 + a) x + b, 0, 1)``, theta = (a, b)
-- ``rotation`` (:class:`Rotation`, degrees, box): bilinear rotation about the image centre, zero fill
+- ``contrast`` (:class:`Contrast`, layer): ``clip((1 + a)(x - p) + p, 0, 1)``; ``pivot=0.5`` (default,
+  Semantify-NN), ``pivot="mean"`` (torchvision ``adjust_contrast``) or ``pivot=0.0``
+- ``brightness_contrast`` (:class:`BrightnessContrast`, layer): ``clip((1 + a)(x - p) + p + b, 0, 1)``,
+  theta = (a, b), same pivots
+- ``rotation`` (:class:`Rotation`, degrees, box): bilinear rotation about the image centre; ``fill=None``
+  (default: zero padding, torchvision ``rotate(..., fill=None)``) or ``fill=0.0`` (torchvision's masked
+  fill, the ``RandomRotation`` default)
+
+Each family's docstring names the reference function it equals; ``get(name, **options)`` passes
+options such as ``pivot=`` / ``fill=`` to the class.
 
 Contract (:class:`SemanticPerturbation`): ``name``, ``param_names``, ``units``, ``default_range``,
 ``domain``, ``requires_channels``, ``kind``, ``check_input(x)``, ``apply(x, theta)``, ``layer(x)``
@@ -40,15 +47,15 @@ Recipe: adding a family
    ``out_o(theta) = out_bias_o + sum_j W[o, j] relu(unit_w_j . theta + unit_c_j)`` as a dict (see
    :func:`base.build_relu_layer`, which merges shared units and folds away units that are linear or
    zero on the domain).  No clamp/min/max/gather and no broadcast constant adds: auto_LiRPA 0.3 is
-   unsound or crashes on those (DESIGN.md section 4).
+   unsound or crashes on those.
 5. Decorate the class with ``@register`` and import its module below.  The parametrised tests in
    ``tests/test_semantic_layers.py`` then check identity at 0, layer == apply, and the soundness of
    ``pixel_bounds`` for the new family automatically; add an independent-reference test.
 """
 from .base import SemanticLayer, SemanticPerturbation
-from .registry import available, get, register
 from .color import Brightness, BrightnessContrast, Contrast, Hue, Lightness, Saturation
 from .geometric import Rotation
+from .registry import available, get, register
 
 __all__ = [
     "SemanticPerturbation", "SemanticLayer", "register", "available", "get",

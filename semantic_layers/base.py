@@ -6,7 +6,7 @@ needs one of two things from a family:
 
 * kind ``"layer"``: an exact network ``theta -> image`` (:meth:`SemanticPerturbation.layer`) built only
   from ``nn.Linear`` + ``nn.ReLU`` + ``view`` so that auto_LiRPA 0.3 bounds it soundly with IBP, CROWN
-  and alpha-CROWN (DESIGN.md section 4: no clamp/min/max/gather, no broadcast constant adds);
+  and alpha-CROWN (no clamp/min/max/gather, no broadcast constant adds);
 * kind ``"box"``: sound per-pixel bounds over a parameter interval (:meth:`pixel_bounds`), e.g. rotation.
 
 Every family also provides :meth:`pixel_bounds` (for layer families they are exact up to float

@@ -14,11 +14,17 @@ All colour values are in [0,1].  Per pixel, with ``M = max(r,g,b)``, ``m = min(r
 * :class:`Lightness` (absolute HSL lightness shift): ``l' = clip(l + theta, 0, 1)``,
   ``c' = l' + (c - l) * f(l')/f(l)`` with ``f(l) = 1 - |2l - 1|``; grey pixels (including f(l) = 0,
   i.e. black/white) become ``l'``.
-* :class:`Brightness` (additive): ``clip(x + b, 0, 1)``, any channel count.
-* :class:`Contrast` (multiplicative, pivot 0): ``clip((1 + a) x, 0, 1)``, any channel count.  This is
-  torchvision's ``adjust_brightness(x, 1 + a)``; it is NOT torchvision's ``adjust_contrast`` (which
-  blends towards the mean grey level).
-* :class:`BrightnessContrast` (two parameters, ``theta = (a, b)``): ``clip((1 + a) x + b, 0, 1)``.
+* :class:`Brightness` (additive): ``clip(x + b, 0, 1)``, any channel count (the Semantify-NN formula).
+* :class:`Contrast` (about a pivot ``p``): ``clip((1 + a)(x - p) + p, 0, 1)``, any channel count; ``pivot=0.5``
+  (default, Semantify-NN), ``pivot="mean"`` (torchvision ``adjust_contrast``: the image's mean grey level)
+  or ``pivot=0.0`` (torchvision ``adjust_brightness(x, 1 + a)``).
+* :class:`BrightnessContrast` (two parameters, ``theta = (a, b)``): ``clip((1 + a)(x - p) + p + b, 0, 1)``,
+  same pivots.
+
+Reference functions (checked to <= 1e-5 by ``tests/test_semantic_layers.py``): hue - torchvision
+``adjust_hue``; saturation, lightness - ``colorsys`` (rgb_to_hls / hls_to_rgb); brightness and the
+pivot-0.5 contrasts - the Semantify-NN formulas; ``pivot="mean"`` - torchvision ``adjust_contrast``;
+``pivot=0.0`` - torchvision ``adjust_brightness``.
 
 Every family is kind ``"layer"``: :meth:`~semantic_layers.base.SemanticPerturbation.layer` returns an
 exact ReLU network theta -> image (see ``build_relu_layer`` for the shape).
@@ -26,6 +32,7 @@ exact ReLU network theta -> image (see ``build_relu_layer`` for the shape).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -78,7 +85,7 @@ def _pixel_index(C: int, H: int, W: int) -> torch.Tensor:
 class Hue(PiecewiseLinear1D):
     """Hue rotation by theta degrees (HSV; max and min of every pixel fixed); RGB images only.
 
-    Matches ``torchvision.transforms.functional.adjust_hue(x, theta / 360)``.  Periodic with period
+    Reference: ``torchvision.transforms.functional.adjust_hue(x, theta / 360)``.  Periodic with period
     360; the default domain [-180, 180] covers every hue.  The layer has one hidden unit per pixel
     and kink of ``h + theta/60`` inside the domain: at most ``ceil(width/60)`` per chromatic pixel
     (6 for the full circle; pixels with equal hue share units; grey pixels need none).
@@ -167,9 +174,10 @@ class Hue(PiecewiseLinear1D):
 class Saturation(PiecewiseLinear1D):
     """HSL saturation shift ``s' = clip(s + theta, 0, 1)`` with lightness and hue fixed; RGB only.
 
-    ``c' = l + (c - l) s'/s``; grey pixels are unchanged.  Matches ``colorsys`` (rgb_to_hls /
-    hls_to_rgb).  Layer: 2 hidden units per distinct saturation value (kinks at ``theta = -s`` and
-    ``1 - s``); exact for every theta.
+    ``c' = l + (c - l) s'/s``; grey pixels are unchanged.  Reference: ``colorsys`` (``rgb_to_hls``, shift
+    ``s``, ``hls_to_rgb``) on every chromatic pixel (colorsys tints grey pixels with hue 0 instead).
+    Layer: 2 hidden units per distinct saturation value (kinks at ``theta = -s`` and ``1 - s``); exact for
+    every theta.
     """
 
     name = "saturation"
@@ -218,7 +226,8 @@ class Lightness(PiecewiseLinear1D):
     """HSL lightness shift ``l' = clip(l + theta, 0, 1)`` with hue and saturation fixed; RGB only.
 
     ``c' = l' + (c - l) f(l')/f(l)``, ``f(l) = 1 - |2l - 1|``; grey pixels (f(l) = 0 included) become
-    ``l'``.  Matches ``colorsys``.  Layer: per pixel ``c' = (1+2d) relu(u) - 4d relu(u - 1/2) +
+    ``l'``.  Reference: ``colorsys`` (``rgb_to_hls``, shift ``l``, ``hls_to_rgb``).
+    Layer: per pixel ``c' = (1+2d) relu(u) - 4d relu(u - 1/2) +
     (2d - 1) relu(u - 1)`` with ``u = l + theta`` and ``d = (c - l)/f(l)``: 3 units per distinct
     lightness value (shared by all pixels and channels with that lightness); exact for every theta.
     """
@@ -267,7 +276,7 @@ class Lightness(PiecewiseLinear1D):
 
 @register
 class Brightness(PiecewiseLinear1D):
-    """Additive brightness ``clip(x + b, 0, 1)``; any channel count.
+    """Additive brightness ``clip(x + b, 0, 1)`` (the Semantify-NN formula); any channel count.
 
     Layer: ``relu(b + x) - relu(b + x - 1)`` per value; units are shared by every pixel with the same
     value (at most ~2 x #distinct values, e.g. <= 511 for 8-bit images); exact for every b.
@@ -297,50 +306,117 @@ class Brightness(PiecewiseLinear1D):
                 "out_bias": torch.zeros(O, dtype=torch.float64)}
 
 
-@register
-class Contrast(PiecewiseLinear1D):
-    """Multiplicative contrast ``clip((1 + a) x, 0, 1)`` (pivot 0); any channel count.
+_GREY_WEIGHTS = (0.2989, 0.587, 0.114)   # torchvision rgb_to_grayscale
 
-    Convention: ``a = 0`` is the identity, ``a = -1`` gives black, ``a = 1`` doubles every value.
-    Equals ``torchvision.transforms.functional.adjust_brightness(x, 1 + a)`` (NOT ``adjust_contrast``,
-    whose pivot is the mean grey level).  Layer: one unit per distinct value ``x > 1/(1 + a_max)``
-    (kink at ``a = 1/x - 1``) plus one pass-through unit; exact on the domain.
+
+def _check_pivot(pivot: Any) -> float | str:
+    if isinstance(pivot, str):
+        if pivot != "mean":
+            raise ValueError(f"pivot must be a number in [0, 1] or 'mean'; got {pivot!r}")
+        return "mean"
+    if isinstance(pivot, bool) or not isinstance(pivot, (int, float)) or not 0.0 <= float(pivot) <= 1.0:
+        raise ValueError(f"pivot must be a number in [0, 1] or 'mean'; got {pivot!r}")
+    return float(pivot)
+
+
+def _grey_mean(x: torch.Tensor) -> torch.Tensor:
+    """torchvision ``adjust_contrast``'s pivot: mean of ``rgb_to_grayscale(x)`` (3 channels) or of ``x``
+    (any other channel count) over (C,H,W); shape (...,1,1,1)."""
+    if x.shape[-3] == 3:
+        w = torch.tensor(_GREY_WEIGHTS, dtype=x.dtype, device=x.device).reshape(3, 1, 1)
+        grey = (x * w).sum(dim=-3, keepdim=True)
+        return grey.mean(dim=(-3, -2, -1), keepdim=True)
+    return x.mean(dim=(-3, -2, -1), keepdim=True)
+
+
+class _Pivoted:
+    """Contrast about a pivot ``p``: ``x -> x + a (x - p)``; ``p`` a number or the grey mean of the image."""
+
+    pivot: float | str
+
+    def _pivot_of(self, x: torch.Tensor) -> torch.Tensor | float:
+        return _grey_mean(x) if self.pivot == "mean" else float(self.pivot)
+
+    def _pivot_dict(self, d: dict) -> dict:
+        d["pivot"] = self.pivot
+        return d
+
+
+@register
+class Contrast(_Pivoted, PiecewiseLinear1D):
+    """Contrast ``clip((1 + a)(x - p) + p, 0, 1)`` about a pivot ``p``; any channel count.
+
+    ``pivot`` (keyword, default 0.5) selects the convention, each equal to a reference function:
+
+    * ``0.5`` (default): Semantify-NN (Mohapatra et al., CVPR 2020), ``clip((1 + a)(x - 0.5) + 0.5, 0, 1)``;
+    * ``"mean"``: ``torchvision.transforms.functional.adjust_contrast(x, 1 + a)``, whose pivot is the mean
+      grey level of the image (``rgb_to_grayscale`` weights 0.2989/0.587/0.114 for 3 channels, the plain
+      mean for 1 channel).  The mean is a constant of the image (it does not depend on ``a``), so every
+      pixel is still affine in ``a`` and the bounds and the layer are exact;
+    * ``0.0``: ``clip((1 + a) x, 0, 1)``, i.e. ``torchvision.transforms.functional.adjust_brightness(x, 1 + a)``;
+    * any other number in [0, 1]: that fixed pivot.
+
+    ``a = 0`` is the identity, ``a = -1`` gives the constant pivot image.  Every pixel is
+    ``x + a (x - p)`` clipped, piecewise linear in ``a`` with kinks where it reaches 0 or 1.  Layer:
+    ``relu((x - p) a + x) - relu((x - p) a + x - 1)``, units shared by equal values; exact on the domain.
     """
 
     name = "contrast"
     param_names = ("contrast",)
-    units = "relative gain (x -> (1 + a) x)"
+    units = "relative gain (x -> p + (1 + a)(x - p))"
     requires_channels = None
     kind = "layer"
     DOMAIN = (-1.0, 1.0)
     DEFAULT_RANGE = (-0.3, 0.3)
 
+    def __init__(self, *, domain: Any = None, default_range: Any = None, pivot: float | str = 0.5):
+        super().__init__(domain=domain, default_range=default_range)
+        self.pivot = _check_pivot(pivot)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self._pivot_dict(super().to_dict())
+
+    def __repr__(self) -> str:
+        return (f"Contrast(domain={self.domain!r}, default_range={self.default_range!r}, "
+                f"pivot={self.pivot!r})")
+
+    def __hash__(self) -> int:
+        return hash((super().__hash__(), self.pivot))
+
     def _pointwise(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return torch.clamp((1.0 + t) * x, 0.0, 1.0)
+        p = self._pivot_of(x)
+        return torch.clamp(x + t * (x - p), 0.0, 1.0)
 
     def _breakpoints(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-        pos = x > 0
-        kink = torch.where(pos, 1.0 / torch.where(pos, x, torch.ones_like(x)) - 1.0, torch.full_like(x, -1.0))
-        return torch.stack([torch.full_like(x, -1.0), kink], dim=0).unsqueeze(0).expand(lo.shape[0], -1, -1, -1, -1)
+        d = x - self._pivot_of(x)
+        nz = d != 0
+        safe = torch.where(nz, d, torch.ones_like(d))
+        at0 = torch.where(nz, -x / safe, torch.full_like(x, -1.0))
+        at1 = torch.where(nz, (1.0 - x) / safe, torch.full_like(x, -1.0))
+        return torch.stack([at0, at1], dim=0).unsqueeze(0).expand(lo.shape[0], -1, -1, -1, -1)
 
     def _layer_spec(self, x: torch.Tensor, domain_lo: torch.Tensor, domain_hi: torch.Tensor) -> dict:
         v = x.reshape(-1)
+        d = (x - self._pivot_of(x)).reshape(-1)
         O = v.numel()
         ar = torch.arange(O)
-        # relu(x a + x) - relu(x a + x - 1)
-        return {"unit_w": torch.cat([v, v])[:, None], "unit_c": torch.cat([v, v - 1.0]),
+        # relu(d a + x) - relu(d a + x - 1) = clip(x + a d, 0, 1)
+        return {"unit_w": torch.cat([d, d])[:, None], "unit_c": torch.cat([v, v - 1.0]),
                 "rows": torch.cat([ar, ar]), "cols": torch.cat([ar, ar + O]),
                 "vals": torch.cat([torch.ones(O, dtype=torch.float64), -torch.ones(O, dtype=torch.float64)]),
                 "out_bias": torch.zeros(O, dtype=torch.float64)}
 
 
 @register
-class BrightnessContrast(SemanticPerturbation):
-    """Joint contrast and brightness ``clip((1 + a) x + b, 0, 1)``, ``theta = (a, b)``; any channel count.
+class BrightnessContrast(_Pivoted, SemanticPerturbation):
+    """Joint contrast and brightness ``clip((1 + a)(x - p) + p + b, 0, 1)``, ``theta = (a, b)``; any channel count.
 
-    Layer: ``relu(x a + b + x) - relu(x a + b + x - 1)``, units shared by equal values; exact for
-    every (a, b).  Bounds: the affine ``(1 + a) x + b`` (x >= 0) is increasing in a and b, so its
-    extremes over a box are at the corners (lo_a, lo_b) and (hi_a, hi_b); clip is monotone.
+    ``pivot`` as for :class:`Contrast` (default 0.5: the Semantify-NN formula
+    ``clip((1 + a)(x - 0.5) + 0.5 + b, 0, 1)``; ``"mean"``: torchvision ``adjust_contrast(x, 1 + a)`` followed
+    by adding ``b`` before the clip; ``0.0``: ``clip((1 + a) x + b, 0, 1)``).  Layer:
+    ``relu((x - p) a + b + x) - relu((x - p) a + b + x - 1)``, units shared by equal values; exact for every
+    (a, b).  Bounds: ``x + a (x - p) + b`` is affine in (a, b), so its extremes over a box are at corners
+    (``a`` at the end given by the sign of ``x - p``, ``b`` at its ends); clip is monotone.
     """
 
     name = "brightness_contrast"
@@ -351,21 +427,39 @@ class BrightnessContrast(SemanticPerturbation):
     DOMAIN = ((-1.0, 1.0), (-1.0, 1.0))
     DEFAULT_RANGE = ((-0.2, 0.2), (-0.2, 0.2))
 
+    def __init__(self, *, domain: Any = None, default_range: Any = None, pivot: float | str = 0.5):
+        super().__init__(domain=domain, default_range=default_range)
+        self.pivot = _check_pivot(pivot)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self._pivot_dict(super().to_dict())
+
+    def __repr__(self) -> str:
+        return (f"BrightnessContrast(domain={self.domain!r}, default_range={self.default_range!r}, "
+                f"pivot={self.pivot!r})")
+
+    def __hash__(self) -> int:
+        return hash((super().__hash__(), self.pivot))
+
     def _apply(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         a = theta[:, 0].reshape(-1, 1, 1, 1)
         b = theta[:, 1].reshape(-1, 1, 1, 1)
-        return torch.clamp((1.0 + a) * x + b, 0.0, 1.0)
+        return torch.clamp(x + a * (x - self._pivot_of(x)) + b, 0.0, 1.0)
 
     def _bounds(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        lower = torch.clamp((1.0 + lo[:, 0].reshape(-1, 1, 1, 1)) * x + lo[:, 1].reshape(-1, 1, 1, 1), 0.0, 1.0)
-        upper = torch.clamp((1.0 + hi[:, 0].reshape(-1, 1, 1, 1)) * x + hi[:, 1].reshape(-1, 1, 1, 1), 0.0, 1.0)
+        d = x - self._pivot_of(x)
+        a_lo, a_hi = lo[:, 0].reshape(-1, 1, 1, 1), hi[:, 0].reshape(-1, 1, 1, 1)
+        b_lo, b_hi = lo[:, 1].reshape(-1, 1, 1, 1), hi[:, 1].reshape(-1, 1, 1, 1)
+        lower = torch.clamp(x + torch.minimum(a_lo * d, a_hi * d) + b_lo, 0.0, 1.0)
+        upper = torch.clamp(x + torch.maximum(a_lo * d, a_hi * d) + b_hi, 0.0, 1.0)
         return lower, upper
 
     def _layer_spec(self, x: torch.Tensor, domain_lo: torch.Tensor, domain_hi: torch.Tensor) -> dict:
         v = x.reshape(-1)
+        d = (x - self._pivot_of(x)).reshape(-1)
         O = v.numel()
         ar = torch.arange(O)
-        w = torch.stack([v, torch.ones_like(v)], dim=1)
+        w = torch.stack([d, torch.ones_like(v)], dim=1)
         return {"unit_w": torch.cat([w, w]), "unit_c": torch.cat([v, v - 1.0]),
                 "rows": torch.cat([ar, ar]), "cols": torch.cat([ar, ar + O]),
                 "vals": torch.cat([torch.ones(O, dtype=torch.float64), -torch.ones(O, dtype=torch.float64)]),

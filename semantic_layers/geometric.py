@@ -1,4 +1,4 @@
-"""Geometric perturbations: :class:`Rotation` (bilinear interpolation, zero fill) with sound pixel boxes."""
+"""Geometric perturbations: :class:`Rotation` (bilinear interpolation, zero padding or torchvision's masked fill)."""
 from __future__ import annotations
 
 import math
@@ -52,24 +52,31 @@ def _offsets(H: int, W: int, dtype: torch.dtype, device: Any = None) -> tuple[to
 
 @register
 class Rotation(SemanticPerturbation):
-    """Rotation by ``angle`` degrees counter-clockwise about the image centre, bilinear, zero fill.
+    """Rotation by ``angle`` degrees counter-clockwise about the image centre, bilinear interpolation.
 
-    Convention (torchvision's): output pixel (row i, column j) takes the bilinear interpolation of the
+    Convention (torchvision's): output pixel (row i, column j) takes the bilinear interpolation ``I`` of the
     input at ``xs = cx + cos(a)(j - cx) - sin(a)(i - cy)``, ``ys = cy + sin(a)(j - cx) + cos(a)(i - cy)``
-    with ``cx = (W-1)/2``, ``cy = (H-1)/2`` (the image centre; pixel centres at integer coordinates)
-    and zeros outside the image.  This equals ``torchvision.transforms.functional.rotate(x, angle,
-    interpolation=BILINEAR)`` with ``fill=None`` everywhere; with ``fill=0`` torchvision additionally
-    multiplies by the interpolated coverage mask, which differs only in the one-pixel band where the
-    source point is within one pixel of the image border (the interior agrees).
+    with ``cx = (W-1)/2``, ``cy = (H-1)/2`` (the image centre; pixel centres at integer coordinates),
+    reading zeros outside the image.  ``fill`` (keyword) selects the reference function:
+
+    * ``fill=None`` (default): ``I`` itself (zero padding), which equals
+      ``torchvision.transforms.functional.rotate(x, angle, interpolation=BILINEAR)`` (its ``fill=None``);
+    * ``fill=c`` (a number in [0, 1], e.g. ``0.0``, the default of torchvision's ``RandomRotation``):
+      ``I * M + c (1 - M)`` with ``M`` the bilinear interpolation of an all-ones image (the coverage
+      mask), which equals ``rotate(x, angle, interpolation=BILINEAR, fill=c)``.  It differs from
+      ``fill=None`` only where the source point is within one pixel of the image border.
 
     Kind ``"box"``: no exact layer.  :meth:`pixel_bounds` is sound: for an angle interval every source
     point moves on a circular arc; the interval is cut into sub-arcs of length <= ``max_arc_px``
     pixels (and <= 90 degrees), each sub-arc is covered by the bounding box of its chord widened by
     the sagitta ``rho (1 - cos(delta/2))``, and since the zero-padded bilinear interpolant is bilinear
     (``a + b u + c v + d u v``) on every unit cell, its extremes over a box are attained at the box
-    corners or where the box crosses grid lines, which are all evaluated.  Smaller ``max_arc_px``
-    gives tighter, slower bounds.  The bounds hold for the exact (real-arithmetic) rotation; a float32
-    :meth:`apply` may differ from it by ~1e-5 (rounding of the source coordinates).
+    corners or where the box crosses grid lines, which are all evaluated.  With a ``fill``, ``I`` and
+    ``M`` are bounded this way over the same boxes and combined by interval arithmetic
+    (``I >= 0`` and ``0 <= M <= 1``, so ``I M`` lies in ``[I_lo M_lo, I_hi M_hi]``; the result, a convex
+    combination of ``I`` and ``c``, also lies in ``[min(I_lo, c), max(I_hi, c)]``), exact wherever ``M = 1``.
+    Smaller ``max_arc_px`` gives tighter, slower bounds.  The bounds hold for the exact (real-arithmetic)
+    rotation; a float32 :meth:`apply` may differ from it by ~1e-5 (rounding of the source coordinates).
     """
 
     name = "rotation"
@@ -80,21 +87,30 @@ class Rotation(SemanticPerturbation):
     DOMAIN = (-180.0, 180.0)
     DEFAULT_RANGE = (-15.0, 15.0)
 
-    def __init__(self, *, domain: Any = None, default_range: Any = None, max_arc_px: float = 0.25):
+    def __init__(self, *, domain: Any = None, default_range: Any = None, max_arc_px: float = 0.25,
+                 fill: float | None = None):
         super().__init__(domain=domain, default_range=default_range)
         if isinstance(max_arc_px, bool) or not isinstance(max_arc_px, (int, float)) or \
                 not (0.01 <= float(max_arc_px) <= 4.0):
             raise ValueError(f"max_arc_px must be a number in [0.01, 4] (pixels); got {max_arc_px!r}")
+        if fill is not None and (isinstance(fill, bool) or not isinstance(fill, (int, float))
+                                 or not 0.0 <= float(fill) <= 1.0):
+            raise ValueError(f"fill must be None (zero padding) or a number in [0, 1]; got {fill!r}")
         self.max_arc_px = float(max_arc_px)
+        self.fill = None if fill is None else float(fill)
 
     def to_dict(self) -> dict:
         d = super().to_dict()
         d["max_arc_px"] = self.max_arc_px
+        d["fill"] = self.fill
         return d
 
     def __repr__(self) -> str:
         return (f"Rotation(domain={self.domain!r}, default_range={self.default_range!r}, "
-                f"max_arc_px={self.max_arc_px!r})")
+                f"max_arc_px={self.max_arc_px!r}, fill={self.fill!r})")
+
+    def __hash__(self) -> int:
+        return hash((super().__hash__(), self.max_arc_px, self.fill))
 
     def _apply(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
@@ -106,7 +122,11 @@ class Rotation(SemanticPerturbation):
         yo = yo.reshape(1, H, 1)
         xs = cos * xo - sin * yo + cx
         ys = sin * xo + cos * yo + cy
-        return bilinear_zero(x, xs, ys)
+        if self.fill is None:
+            return bilinear_zero(x, xs, ys)
+        both = bilinear_zero(torch.cat([x, torch.ones_like(x[:, :1])], dim=1), xs, ys)
+        mask = both[:, -1:]
+        return both[:, :-1] * mask + self.fill * (1.0 - mask)
 
     def _bounds(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         C, H, W = x.shape
@@ -118,6 +138,9 @@ class Rotation(SemanticPerturbation):
         rho_max = float(rho.max())
         P = H * W
         img = x.unsqueeze(0)
+        if self.fill is not None:          # last channel: the coverage mask M
+            img = torch.cat([img, torch.ones_like(img[:, :1])], dim=1)
+            C += 1
         S = lo.shape[0]
         lower = torch.empty(S, C, H, W, dtype=f64)
         upper = torch.empty_like(lower)
@@ -154,7 +177,15 @@ class Rotation(SemanticPerturbation):
                 hi_acc = torch.maximum(hi_acc, vals.amax(dim=(1, 3)))
             lower[s] = lo_acc.reshape(C, H, W)
             upper[s] = hi_acc.reshape(C, H, W)
-        return lower, upper
+        if self.fill is None:
+            return lower, upper
+        # I in [lo, hi] with I >= 0, M in [m_lo, m_hi] within [0, 1]: I M + c (1 - M)
+        m_lo, m_hi = lower[:, -1:].clamp(0.0, 1.0), upper[:, -1:].clamp(0.0, 1.0)
+        i_lo, i_hi = lower[:, :-1].clamp_min(0.0), upper[:, :-1]
+        lower = i_lo * m_lo + self.fill * (1.0 - m_hi)
+        upper = i_hi * m_hi + self.fill * (1.0 - m_lo)
+        # a convex combination of I and c lies between min(I, c) and max(I, c)
+        return torch.maximum(lower, i_lo.clamp_max(self.fill)), torch.minimum(upper, i_hi.clamp_min(self.fill))
 
     @staticmethod
     def _grid_coords(c0: torch.Tensor, c1: torch.Tensor) -> torch.Tensor:

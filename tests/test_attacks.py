@@ -482,7 +482,8 @@ def test_smoothed_robust_accuracy_linear(smoothed_linear):
 
 
 def test_smoothed_robust_accuracy_with_certify_smooth(smoothed_linear):
-    smoothing = pytest.importorskip("certify.smoothing")
+    from certify import smoothing
+
     model, w, b, sigma, dist, x, y = smoothed_linear
     smooth = smoothing.Smooth(model, num_classes=2, sigma=sigma)
     kw = dict(steps=10, n_noise=8, n_predict=1000, alpha=0.001, batch_size=1000, seed=0, verbose=False)

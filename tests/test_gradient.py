@@ -52,6 +52,64 @@ def test_variance_proxy_constant_is_valid():
     assert worst <= SUBGAUSSIAN_VARIANCE_PROXY
 
 
+def _half_normal_nodes():
+    gx, gw = np.polynomial.legendre.leggauss(16)
+    edges = np.linspace(0.0, 40.0, 201)
+    half = 0.5 * np.diff(edges)
+    mid = 0.5 * (edges[1:] + edges[:-1])
+    xs = (mid[:, None] + half[:, None] * gx).ravel()
+    return xs, (half[:, None] * gw).ravel() * 2 * _phi(xs)
+
+
+def _proxy(values_by_prob, xs, ws, lams):
+    """max over lams of 2 log E exp(lam (W - E W)) / lam^2 for W = |zeta|/2 * eps with
+    P(eps = +1 | |zeta| = t) = q(t): values_by_prob = q at the nodes."""
+    q = values_by_prob
+    mu = ws @ (0.5 * xs * (2 * q - 1))
+    e_plus = lams[:, None] * (0.5 * xs - mu)[None, :]
+    e_minus = lams[:, None] * (-0.5 * xs - mu)[None, :]
+    mx = np.maximum(e_plus, e_minus).max(axis=1, keepdims=True)
+    mgf = ((q * np.exp(e_plus - mx) + (1 - q) * np.exp(e_minus - mx)) * ws).sum(axis=1)
+    return float(np.max(2 * (mx[:, 0] + np.log(mgf)) / lams ** 2))
+
+
+def test_threshold_rules_are_the_worst_sign_rules():
+    """docs/subgaussian.md step 2: no sign rule q(|zeta|) beats the threshold rules (random step functions,
+    random smooth q, and a randomised rule), for both signs of lambda."""
+    xs, ws = _half_normal_nodes()
+    lams = np.concatenate([-np.geomspace(0.05, 30, 30), np.geomspace(0.05, 30, 30)])
+    best_threshold = max(_proxy((xs > t).astype(float), xs, ws, lams)
+                         for t in np.concatenate([np.linspace(0, 5, 51), [np.inf]]))
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        cuts = np.sort(rng.uniform(0, 4, size=rng.integers(2, 6)))
+        levels = rng.uniform(0, 1, size=len(cuts) + 1)
+        q = levels[np.searchsorted(cuts, xs)]
+        assert _proxy(q, xs, ws, lams) <= best_threshold + 1e-9
+        q_smooth = 0.5 + 0.5 * np.sin(rng.uniform(0.5, 4) * xs + rng.uniform(0, 6))
+        assert _proxy(q_smooth, xs, ws, lams) <= best_threshold + 1e-9
+    assert _proxy(np.full_like(xs, 0.5), xs, ws, lams) <= 0.25 + 1e-6  # independent signs: exactly Gaussian/2
+    assert best_threshold <= SUBGAUSSIAN_VARIANCE_PROXY
+
+
+def test_variance_proxy_limits():
+    """docs/subgaussian.md step 3: F(t, lambda) -> Var(W_t) <= 1/4 as lambda -> 0, -> 1/4 as |lambda| -> inf,
+    and <= 1/4 for t = 0 and t = inf (1/2-Lipschitz functions of a Gaussian)."""
+    xs, ws = _half_normal_nodes()
+    for t in (0.0, 0.5, 1.0, 2.0, np.inf):
+        q = (xs > t).astype(float)
+        w = 0.5 * xs * (2 * q - 1)
+        var = ws @ w ** 2 - (ws @ w) ** 2
+        assert var <= 0.25 + 1e-12
+        assert _proxy(q, xs, ws, np.array([1e-3, -1e-3])) == pytest.approx(var, abs=1e-3)
+        tail_side = 35.0 if np.isfinite(t) else -35.0  # the direction in which W_t has a Gaussian tail
+        assert _proxy(q, xs, ws, np.array([tail_side])) == pytest.approx(0.25, abs=0.03)
+        assert _proxy(q, xs, ws, np.array([-tail_side])) < 0.25
+    lams = np.concatenate([-np.geomspace(0.02, 30, 60), np.geomspace(0.02, 30, 60)])
+    for q in (np.ones_like(xs), np.zeros_like(xs)):
+        assert _proxy(q, xs, ws, lams) <= 0.25 + 1e-9
+
+
 def _simulate(h, n, reps, dim, rng):
     """Half means of v = z (h(z) - 1/2) for `reps` independent experiments of n samples."""
     n1, n2 = (n + 1) // 2, n // 2

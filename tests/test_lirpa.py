@@ -3,8 +3,8 @@
 Each case builds a small random network, draws random input boxes (one wide, one narrow) and checks,
 for IBP, CROWN, alpha-CROWN (and CROWN-IBP, forward+backward where auto_LiRPA supports it), that no
 sample of the box - ALL corners when the box has <= 10 dimensions, otherwise 600 random corners -
-plus uniform interior points (>= 1,000 samples per box) plus projected-gradient points pushing every specification to its min and max leaves the
-computed ``[lower, upper]``. (Checked by mutation: shrinking every bound by 2% of its width is
+plus uniform interior points (>= 1,000 samples per box) plus projected-gradient points pushing every
+specification to its min and max leaves the computed ``[lower, upper]``. (Checked by mutation: shrinking every bound by 2% of its width is
 caught in every case.)
 Failure budget: zero violations beyond a 1e-5 relative float32 tolerance. Seeds are fixed.
 """
@@ -222,6 +222,63 @@ def mlp():
     return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
 
 
+class SumNet(nn.Module):
+    """Sum over a dimension (ReduceSum) feeding a ReLU layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.out = nn.Linear(5, 8), nn.Linear(9, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return self.out(torch.cat([h, h.sum(dim=1, keepdim=True) - x.sum(dim=1, keepdim=True)], dim=1))
+
+
+class ScalarNormalised(nn.Module):
+    """Normalisation inside forward with 0-dim buffers, padded convs, MaxPool, Dropout (eval), reshape."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(0.286))
+        self.register_buffer("std", torch.tensor(0.353))
+        self.features = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                      nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.5))
+        self.fc = nn.Sequential(nn.Linear(6 * 2 * 2, 12), nn.ReLU(), nn.Dropout(0.3), nn.Linear(12, 5))
+
+    def forward(self, x):
+        h = self.features((x - self.mean) / self.std)
+        return self.fc(h.reshape(h.shape[0], -1))
+
+
+class Normalize(nn.Module):
+    """A user ``Normalize`` module: per-channel buffers viewed as (C, 1, 1)."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean))
+        self.register_buffer("std", torch.tensor(std))
+
+    def forward(self, x):
+        return (x - self.mean.view(-1, 1, 1)) / self.std.view(-1, 1, 1)
+
+
+def channel_normalised():
+    net = nn.Sequential(Normalize([0.5, 0.4, 0.3], [0.2, 0.25, 0.3]), nn.Conv2d(3, 4, 3, padding=1),
+                        nn.BatchNorm2d(4), nn.ReLU(), nn.AvgPool2d(2), nn.Dropout2d(0.2), nn.Flatten(),
+                        nn.Linear(4 * 3 * 3, 4))
+    bn = net[2]
+    g = torch.Generator().manual_seed(2)
+    bn.running_mean.copy_(torch.randn(4, generator=g) * 0.3)
+    bn.running_var.copy_(0.5 + torch.rand(4, generator=g))
+    return net
+
+
+def torchvision_normalised():
+    import torchvision.transforms as T
+    return nn.Sequential(T.Normalize([0.2860], [0.3530]), nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(),
+                         nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 3 * 3, 4))
+
+
 # name -> (builder, input shape, box half-width, methods beyond ibp/crown/alpha-crown, conv_mode)
 # ("auto" picks matrix mode for "view": a ReLU output reshaped into an image for a convolution)
 CASES = {
@@ -237,6 +294,10 @@ CASES = {
     "product": (Product, (4,), 0.3, ("crown-ibp",), "auto"),
     "semantic-1param": (lambda: SemanticStyle(1), (1,), 0.3, ("crown-ibp", "forward+backward"), "auto"),
     "semantic-2param": (lambda: SemanticStyle(2), (2,), 0.3, ("crown-ibp", "forward+backward"), "auto"),
+    "reduce-sum": (SumNet, (5,), 0.3, ("crown-ibp",), "auto"),
+    "normalise-0dim-buffers": (ScalarNormalised, (1, 8, 8), 0.1, ("crown-ibp",), "auto"),
+    "normalise-module-per-channel": (channel_normalised, (3, 6, 6), 0.1, ("crown-ibp",), "auto"),
+    "normalise-torchvision": (torchvision_normalised, (1, 6, 6), 0.1, ("crown-ibp",), "auto"),
 }
 
 
@@ -332,13 +393,9 @@ def test_train_mode_model_is_bounded_in_eval_mode():
 
 @pytest.mark.parametrize("name", ["fmnist_cnn", "color_cnn", "digits_mlp"])
 def test_zoo_models(name):
-    models = pytest.importorskip("certify.models")
-    try:
-        available = models.available_pretrained()
-    except Exception as exc:  # the zoo module may still be in progress
-        pytest.skip(f"certify.models.available_pretrained() unavailable: {exc}")
-    if name not in available:
-        pytest.skip(f"zoo model {name} not shipped")
+    from certify import models
+
+    assert name in models.available_pretrained()
     model = models.pretrained(name).eval()
     shape = {"fmnist_cnn": (1, 28, 28), "color_cnn": (3, 32, 32), "digits_mlp": (1, 8, 8)}[name]
     gen = torch.Generator().manual_seed(11)
@@ -498,6 +555,48 @@ def test_bad_input():
         lirpa.bounded_module(lambda x: x, lo)
     with pytest.raises(TypeError, match="bounded"):
         lirpa.compute_bounds(model, x_lower=lo, x_upper=hi)
+
+
+def test_prepared_copy_leaves_the_model_alone():
+    """Bounding copies the model: its buffers, dropout layers and train flag are untouched."""
+    model = ScalarNormalised().train()
+    bounded = lirpa.bounded_module(model, torch.zeros(2, 1, 8, 8))
+    assert model.training and "mean" in dict(model.named_buffers())
+    assert isinstance(model.features[6], nn.Dropout)
+    assert bounded.conv_mode == "matrix"     # constant ops on images are bounded in matrix mode
+    with pytest.raises(ValueError, match="conv_mode='patches'"):
+        lirpa.bounded_module(model, torch.zeros(2, 1, 8, 8), conv_mode="patches")
+
+
+class _Tanh(nn.Module):
+    def forward(self, x):
+        return torch.tanh(x[:, :3])
+
+
+class _Erf(nn.Module):
+    def forward(self, x):
+        return torch.erf(x[:, :3])
+
+
+class _BatchLikeConstant(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor([0.1, 0.2, 0.3]))
+        self.conv = nn.Conv2d(3, 2, 3)
+
+    def forward(self, x):
+        return self.conv(x - self.mean.view(1, -1, 1, 1)).flatten(1)
+
+
+@pytest.mark.parametrize("model, shape, pattern", [
+    (_Tanh(), (4,), r"unsupported operator\(s\) Tanh .*certify bounds only: .*ReLU"),
+    (_Erf(), (4,), r"unsupported operator\(s\) onnx::Erf; certify bounds only: .*nn.MaxPool2d"),
+    (_BatchLikeConstant(), (3, 5, 5), r"constant of shape \(1, 3, 1, 1\).*view\(-1, 1, 1\)"),
+])
+def test_unsupported_operator_gives_one_clear_error(model, shape, pattern):
+    with pytest.raises(ValueError, match=pattern) as info:
+        lirpa.bounded_module(model, torch.zeros(2, *shape))
+    assert "\n" not in str(info.value)
 
 
 def test_shims_are_idempotent_and_lazy():

@@ -308,7 +308,8 @@ def test_slab_radius_never_exceeds_the_exact_root_near_one_half(p, m):
 
 def _exact_dual(mp, r, lam, p, a, b):
     """The two-component dual function D(lam) in 30-digit arithmetic (mpmath quadrature split at the roots of
-    s(x) = exp(r x - r^2/2) - l0 - l1 x; the mass beyond |x| = 14 is far below the tolerance used here)."""
+    s(x) = exp(r x - r^2/2) - l0 - l1 x, at its minimiser (where J bends when s stays just above 0) and on a
+    0.5-spaced grid; the mass beyond |x| = 14 is far below the tolerance used here)."""
     with mp.workdps(30):
         r, l0, l1, l2 = (mp.mpf(v) for v in (r, *lam))
 
@@ -320,7 +321,9 @@ def _exact_dual(mp, r, lam, p, a, b):
             return mp.npdf(x) * (l2 * t * mp.ncdf(-t) - l2 * mp.npdf(t))
 
         x_min = (mp.log(l1 / r) + r * r / 2) / r if l1 > 0 else mp.mpf(-14)
-        pts = [mp.mpf(-14), mp.mpf(14)]
+        pts = [mp.mpf(v) / 2 for v in range(-28, 29)]
+        if -14 < x_min < 14:
+            pts += [x_min + k * mp.sqrt(l2 / (r * l1)) for k in (-10, -3, -1, 0, 1, 3, 10)]
         for lo, hi in ((mp.mpf(-14), x_min), (x_min, mp.mpf(14))):
             if lo < hi and s(lo) * s(hi) < 0:
                 positive_lo = s(lo) > 0
@@ -329,7 +332,8 @@ def _exact_dual(mp, r, lam, p, a, b):
                     lo, hi = (mid, hi) if (s(mid) > 0) == positive_lo else (lo, mid)
                 width = l2 / abs(r * mp.exp(r * lo - r * r / 2) - l1)
                 pts += [lo - 10 * width, lo - width, lo, lo + width, lo + 10 * width]
-        return l0 * mp.mpf(p) - l1 * mp.mpf(a) + l2 * mp.mpf(b) + mp.quad(f, sorted(set(pts)))
+        pts = sorted({x for x in pts if -14 <= x <= 14})
+        return l0 * mp.mpf(p) - l1 * mp.mpf(a) + l2 * mp.mpf(b) + mp.quad(f, pts)
 
 
 def test_certified_dual_value_accounts_for_float_rounding():
@@ -349,7 +353,52 @@ def test_certified_dual_value_accounts_for_float_rounding():
     lam = np.array([1.0, 0.5, 0.1])
     exact = _exact_dual(mp, 1.0, lam, 0.9, 0.05, 0.1)
     got = _certified_dual_value(1.0, lam, 0.9, 0.05, 0.1)
-    assert float(exact) - 1e-11 <= got <= exact
+    assert float(exact) - 1e-10 <= got <= exact  # the proven bound is refined to a 1e-10 gap by default
+
+
+# Multipliers where J(s(x)) has a narrow dip (s stays within ~l2 of 0 near its minimiser, placed in the largest
+# gap between the nodes of both Gauss-Legendre rules on a base panel): the 20- and 40-point rules agree on a
+# value above the exact dual, so "10 x their difference" padding certified up to 2.5e-7 too much.
+ADVERSARIAL_MULTIPLIERS = [  # (r, p, a, b, (l0, l1, l2))
+    (1.0, 0.8, 0.1, 0.05, (0.41833176187467813, 1.1436293900602437, 1e-4)),
+    (1.0, 0.8, 0.1, 0.05, (0.41830176187467816, 1.1436293900602437, 1e-4)),
+    (1.0, 0.8, 0.1, 0.05, (0.1934802837905536, 1.4416569607513128, 1e-5)),
+    (2.0, 0.8, 0.1, 0.05, (0.0654316229094114, 0.047909615289734225, 1e-5)),
+    (2.0, 0.8, 0.1, 0.05, (0.08634816717128624, 0.07613352434912238, 1e-5)),
+]
+
+
+@pytest.mark.parametrize("r, p, a, b, lam", ADVERSARIAL_MULTIPLIERS)
+def test_certified_dual_is_below_the_exact_dual_where_gauss_legendre_misses_a_dip(r, p, a, b, lam):
+    import mpmath as mp
+
+    from estimators.radius import _GL_FAST, _certified_dual_value, _dual_terms, _nodes
+
+    lam = np.array(lam)
+    exact = float(_exact_dual(mp, r, lam, p, a, b))
+    # the former estimate: min of the two rules, padded by 10x their difference
+    d20 = _dual_terms(r, lam, p, a, b, *_nodes(r, lam, _GL_FAST), need_hess=False)[0]
+    d40 = _dual_terms(r, lam, p, a, b, *_nodes(r, lam, np.polynomial.legendre.leggauss(40)), need_hess=False)[0]
+    assert min(d20, d40) - 10 * abs(d20 - d40) > exact + 1e-9  # the trap is real
+    got = _certified_dual_value(r, lam, p, a, b)
+    assert got <= exact
+    assert got >= exact - 1e-9
+
+
+def test_certified_dual_is_a_lower_bound_for_random_multipliers():
+    import mpmath as mp
+
+    from estimators.radius import _certified_dual_value
+
+    rng = np.random.default_rng(5)
+    for _ in range(6):
+        p = rng.uniform(0.55, 0.999)
+        thr = gradient_norm_threshold(p)
+        a, b, r = rng.uniform(0, 1) * thr, rng.uniform(0, 0.95) * thr, rng.uniform(0.1, 4.0)
+        lam = np.array([10 ** rng.uniform(-2, 1.5), 10 ** rng.uniform(-3, 1.5), 10 ** rng.uniform(-6, 0)])
+        exact = float(_exact_dual(mp, r, lam, p, a, b))
+        got = _certified_dual_value(r, lam, p, a, b)
+        assert exact - 1e-9 <= got <= exact
 
 
 def test_two_component_docstring_example():
@@ -442,3 +491,16 @@ def test_exact_inputs_three_class_linear_oracle(seed):
         assert _min_wedge_probability(m, d, rho, r * (1 - 1e-9), norm_, mask) > 0.5, (norm_, k, r)
     # not vacuous: the l2 radius is close to the exact worst case over the ball
     assert _min_wedge_probability(m, d, rho, radii[("l2", None)] * 1.25, "l2") < 0.5
+
+
+def test_dual_integral_bound_rejects_bad_multipliers_and_brackets_the_integral():
+    from estimators.dual_quadrature import dual_integral_lower_bound
+
+    for bad in ((0.0, 1.0, 0.5, 0.1), (1.0, -1.0, 0.5, 0.1), (1.0, 1.0, -0.5, 0.1), (1.0, 1.0, 0.5, 0.0)):
+        with pytest.raises(ValueError, match="l2 > 0"):
+            dual_integral_lower_bound(*bad, [])
+    # the roots only place the first breaks: wrong roots cost refinement, never validity
+    good, gap = dual_integral_lower_bound(1.0, 1.0, 0.5, 0.1, [-1.7993524190701786, 0.8564229418290272])
+    wrong, _ = dual_integral_lower_bound(1.0, 1.0, 0.5, 0.1, [3.0])
+    exact = -0.231657616743798528725673050956  # 30-digit mpmath
+    assert good <= exact and wrong <= exact and exact - good <= gap + 1e-12

@@ -25,8 +25,10 @@ import torch
 from torch import nn
 
 import semantic_layers
-from certify import semantic
-from certify.semantic import SemanticReport, semantic_report, verify_semantic
+from certify import rundir
+from certify.rundir import ResumeMismatchError, RunDirBusyError
+from certify.semantic import SemanticReport, resolve_range, semantic_report, verify_semantic
+from certify.semantic import run as semantic_run
 
 TOL = 1e-4
 FAMILIES = semantic_layers.available()
@@ -42,7 +44,7 @@ def make_case(p, seed: int = 3):
     x = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(seed + 1))
     torch.manual_seed(seed)
     model = _cnn()
-    ranges = semantic._resolve_range(p, None)
+    ranges = resolve_range(p, None)
     axes = [torch.linspace(a, b, 41 if len(ranges) == 1 else 11) for a, b in ranges]
     theta = torch.cartesian_prod(*axes).reshape(-1, len(ranges))
     with torch.no_grad():
@@ -199,6 +201,10 @@ def test_bad_input():
         verify_semantic(model, x, label, p, baseline="l2")
     with pytest.raises(ValueError, match="contain 0"):
         verify_semantic(model, x, label, p, max_param=(5.0, 10.0))
+    with pytest.raises(ValueError, match="inverted"):
+        verify_semantic(model, x, label, p, max_param=(10.0, -10.0))
+    with pytest.raises(ValueError, match="empty"):
+        verify_semantic(model, x, label, p, max_param=(0.0, 0.0))
     with pytest.raises(ValueError, match="domain"):
         verify_semantic(model, x, label, p, max_param=500.0)
     with pytest.raises(ValueError, match="max_param"):
@@ -242,7 +248,7 @@ def test_report_rows_resume_and_files(tmp_path, monkeypatch):
     rep = semantic_report(model, ds, perts, out=out, verbose=False, **kw)
     assert len(rep) == 3 * (1 + 2 + 1)
     for name in ("rows.tsv", "run.json", "summary.json", "report.md", "semantic_accuracy.png",
-                 "semantic_examples.png"):
+                 "semantic_ranges.png", "semantic_examples.png"):
         assert (out / name).exists(), name
     back = SemanticReport.from_tsv(out / "rows.tsv")
     frame, frame2 = rep.to_frame(), back.to_frame()
@@ -267,8 +273,8 @@ def test_report_rows_resume_and_files(tmp_path, monkeypatch):
         rep.certified_accuracy("brightness_contrast", [0.1])
     # resume: nothing is recomputed
     calls = []
-    real = semantic.verify_semantic
-    monkeypatch.setattr(semantic, "verify_semantic", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = semantic_run.verify_semantic
+    monkeypatch.setattr(semantic_run, "verify_semantic", lambda *a, **k: calls.append(1) or real(*a, **k))
     again = semantic_report(model, ds, perts, out=out, verbose=False, plots=False, **kw)
     assert calls == [] and again.to_frame().equals(frame)
     # an interrupted run: drop the last rows, resume recomputes only them
@@ -276,9 +282,35 @@ def test_report_rows_resume_and_files(tmp_path, monkeypatch):
     (out / "rows.tsv").write_text("\n".join(lines[:-2]) + "\n")   # the last two rows: idx 2 rotation + b_c/brightness
     again = semantic_report(model, ds, perts, out=out, verbose=False, plots=False, **kw)
     assert len(calls) == 2 and len(again) == len(rep)
-    # settings must match to resume
-    with pytest.raises(ValueError, match="settings differ"):
+    # settings must match to resume (a ResumeMismatchError naming the difference), conventions included
+    with pytest.raises(ResumeMismatchError, match="n_splits"):
         semantic_report(model, ds, perts, out=out, verbose=False, plots=False, **{**kw, "n_splits": 6})
+    pivot0 = [bright, semantic_layers.get("brightness_contrast", pivot=0.0), semantic_layers.get("rotation")]
+    with pytest.raises(ResumeMismatchError, match="conventions"):
+        semantic_report(model, ds, pivot0, out=out, verbose=False, plots=False, **kw)
+    # a rerun without resume does not silently overwrite finished rows; overwrite=True starts over
+    before = (out / "rows.tsv").read_text()
+    with pytest.raises(ValueError, match="already holds a run"):
+        semantic_report(model, ds, perts, out=out, verbose=False, plots=False, resume=False, **kw)
+    assert (out / "rows.tsv").read_text() == before
+    fresh = semantic_report(model, ds, perts[:1], out=out, verbose=False, plots=False,
+                            resume=False, overwrite=True, **{**kw, "max_examples": 1})
+    assert len(fresh) == 1 and not (out / "summary.json").read_text().count("rotation")
+    # extending a run (a larger max_examples) resumes it
+    more = semantic_report(model, ds, perts[:1], out=out, verbose=False, plots=False, **{**kw, "max_examples": 2})
+    assert len(more) == 2
+
+
+def test_report_run_directory_is_locked(tmp_path):
+    """A second run on the same out directory while the first holds it gets a clear error, nothing written."""
+    bright = semantic_layers.get("brightness")
+    model, x0, label = make_case(bright)
+    ds = TinyDataset(x0[None], torch.tensor([label]))
+    out = tmp_path / "run"
+    with rundir.open_run(out, settings={"other": 1}):
+        with pytest.raises(RunDirBusyError, match="already open|in use"):
+            semantic_report(model, ds, [bright], out=out, verbose=False, plots=False, n_splits=2, attack=False)
+    assert not (out / "rows.tsv").exists()
 
 
 def test_report_validation(tmp_path):
@@ -299,7 +331,6 @@ def test_report_validation(tmp_path):
 
 def test_cli(tmp_path):
     """``certify semantic`` end to end on a user architecture (file.py:Class) and an .npz dataset."""
-    pytest.importorskip("certify.checkpoints")
     from certify import cli
 
     src = tmp_path / "tiny_arch.py"
@@ -327,3 +358,75 @@ def test_cli(tmp_path):
     assert len(SemanticReport.from_tsv(out / "rows.tsv")) == 2
     with pytest.raises(SystemExit):
         cli.main(args[:-2] + ["--max-param", "hue=abc", "--out", str(out)])
+
+
+def _grey_cli_setup(tmp_path, layer: str = "nn.ReLU()"):
+    """A grayscale user model (file.py:Class, optionally with an unsupported layer) and a 2-image .npz."""
+    import numpy as np
+
+    src = tmp_path / "grey_arch.py"
+    src.write_text(
+        "from torch import nn\n"
+        "class Grey(nn.Sequential):\n"
+        "    def __init__(self):\n"
+        f"        super().__init__(nn.Conv2d(1, 4, 3, 1, 1), {layer}, nn.Flatten(), nn.Linear(4 * 36, 3))\n")
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("grey_arch_mod", src)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(0)
+    model = mod.Grey().eval()
+    ckpt = tmp_path / "grey.pt"
+    torch.save(model.state_dict(), ckpt)
+    x = torch.rand(2, 1, 6, 6)
+    with torch.no_grad():
+        y = model(x).argmax(dim=1)
+    np.savez(tmp_path / "grey.npz", x=x.numpy(), y=y.numpy())
+    return ["-q", "semantic", "--checkpoint", str(ckpt), "--arch", f"{src}:Grey", "--data",
+            str(tmp_path / "grey.npz"), "--n-splits", "2", "--attack-grid", "11"]
+
+
+@pytest.mark.parametrize("extra, layer, message", [
+    (["--perturbation", "nope"], "nn.ReLU()", "unknown semantic perturbation 'nope'"),
+    (["--perturbation", "rotation", "--max-param=5:-5"], "nn.ReLU()", "inverted"),
+    (["--perturbation", "brightness", "--max-param=0:0"], "nn.ReLU()", "empty"),
+    (["--perturbation", "brightness", "--max-param=0.1:0.3"], "nn.ReLU()", "must contain 0"),
+    (["--perturbation", "hue"], "nn.ReLU()", "3-channel"),
+    (["--perturbation", "brightness"], "nn.Tanh()", "unsupported operator.*Tanh.*certify bounds only"),
+    (["--perturbation", "brightness", "--pivot", "mean"], "nn.ReLU()", "--pivot applies to contrast"),
+    (["--perturbation", "contrast", "--pivot", "median"], "nn.ReLU()", "pivot must be"),
+])
+def test_cli_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, extra, layer, message):
+    import re
+
+    from certify import cli
+
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as info:
+        cli.main(_grey_cli_setup(tmp_path, layer) + extra + ["--out", str(out)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(message, err[0]), err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_cli_resume_overwrite_and_pivot(tmp_path):
+    from certify import cli
+
+    out = tmp_path / "run"
+    args = _grey_cli_setup(tmp_path) + ["--perturbation", "contrast,rotation", "--pivot", "mean", "--fill", "0",
+                                        "--max-param", "contrast=0.2,rotation=5", "--out", str(out)]
+    assert cli.main(args) == 0
+    settings = json.loads((out / "run.json").read_text())
+    assert settings["conventions"]["contrast"]["pivot"] == "mean"
+    assert settings["conventions"]["rotation"]["fill"] == 0.0
+    assert (out / "semantic_ranges.png").exists()
+    rows = (out / "rows.tsv").read_text()
+    assert cli.main(args) == 0 and (out / "rows.tsv").read_text() == rows    # resumed: nothing recomputed
+    with pytest.raises(SystemExit):
+        cli.main(args + ["--no-resume"])                                       # refuses to overwrite
+    assert (out / "rows.tsv").read_text() == rows
+    with pytest.raises(SystemExit):
+        cli.main(args + ["--overwrite"])                                       # --overwrite needs --no-resume
+    assert cli.main(args + ["--no-resume", "--overwrite", "--max", "1"]) == 0
+    assert len((out / "rows.tsv").read_text().splitlines()) == 2 + 2         # preamble + header + 2 rows

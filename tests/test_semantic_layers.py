@@ -7,7 +7,6 @@ slopes <= 1/60), rotation vs torchvision 1e-5 (float32 rounding of the source co
 from __future__ import annotations
 
 import colorsys
-import math
 
 import numpy as np
 import pytest
@@ -23,6 +22,20 @@ FAMILIES = sl.available()
 LAYER_FAMILIES = [n for n in FAMILIES if sl.get(n).kind == "layer"]
 COLOUR_FAMILIES = [n for n in FAMILIES if sl.get(n).requires_channels == 3]
 ANY_CHANNEL_FAMILIES = [n for n in FAMILIES if sl.get(n).requires_channels is None]
+# conventions beyond each family's default (pivot of the contrasts, fill of the rotation)
+VARIANT_OPTIONS = {"contrast:pivot=0": {"pivot": 0.0}, "contrast:pivot=mean": {"pivot": "mean"},
+                   "brightness_contrast:pivot=0": {"pivot": 0.0}, "brightness_contrast:pivot=mean": {"pivot": "mean"},
+                   "rotation:fill=0": {"fill": 0.0}, "rotation:fill=0.3": {"fill": 0.3}}
+VARIANTS = FAMILIES + sorted(VARIANT_OPTIONS)
+LAYER_VARIANTS = [v for v in VARIANTS if sl.get(v.split(":")[0]).kind == "layer"]
+
+
+def _options(variant: str) -> dict:
+    return dict(VARIANT_OPTIONS.get(variant, {}))
+
+
+def _make(variant: str, **kwargs):
+    return sl.get(variant.split(":")[0], **_options(variant), **kwargs)
 
 SPECIAL_PIXELS = [  # black, white, greys, primaries, ties between max channels, l = 1/2, near-grey
     (0, 0, 0), (1, 1, 1), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), (1, 0, 0), (0, 1, 0), (0, 0, 1),
@@ -183,9 +196,9 @@ def _constructor_roundtrip(p) -> bool:
 
 
 # ----------------------------------------------------------------------------------------- identity and shapes
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", VARIANTS)
 def test_apply_zero_is_identity(name):
-    p = sl.get(name)
+    p = _make(name)
     shapes = [(3, 8, 8), (3, 5, 7)] + ([] if p.requires_channels == 3 else [(1, 9, 6), (2, 4, 4)])
     for dtype in (torch.float32, torch.float64):
         for i, shape in enumerate(shapes):
@@ -197,9 +210,9 @@ def test_apply_zero_is_identity(name):
             assert torch.equal(p.apply(xb, _zero(p)), xb)
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", VARIANTS)
 def test_apply_batching_and_gradient(name):
-    p = sl.get(name)
+    p = _make(name)
     x = _image(1, shape=(3, 6, 6))
     th = _sample_thetas(p, 4, 5, *[t * 0.5 for t in p.domain_tensors()])
     y = p.apply(x, th)
@@ -232,9 +245,9 @@ def _check_layer_structure(net: nn.Module):
     assert not any(q.requires_grad for q in net.parameters())
 
 
-@pytest.mark.parametrize("name", LAYER_FAMILIES)
+@pytest.mark.parametrize("name", LAYER_VARIANTS)
 def test_layer_equals_apply(name):
-    p = sl.get(name)
+    p = _make(name)
     dlo, dhi = p.domain_tensors()
     shapes = [(3, 8, 8)] + ([] if p.requires_channels == 3 else [(1, 7, 5)])
     for i, shape in enumerate(shapes):
@@ -253,16 +266,17 @@ def test_layer_equals_apply(name):
         assert (net32(th.float()) - p.apply(x32, th.float())).abs().max() <= 2e-5
     # a non-default domain is honoured (narrower domain -> no more units, still exact)
     dom = tuple((float(a) * 0.25, float(b) * 0.25) for a, b in zip(dlo, dhi))
-    q = type(p)(domain=dom[0] if p.n_params == 1 else dom, default_range=dom[0] if p.n_params == 1 else dom)
+    q = type(p)(domain=dom[0] if p.n_params == 1 else dom, default_range=dom[0] if p.n_params == 1 else dom,
+                **_options(name))
     x = _image(33)
     assert q.layer(x).hidden_width <= p.layer(x).hidden_width
     th = _sample_thetas(q, 200, 7)
     assert (q.layer(x)(th) - q.apply(x, th)).abs().max() <= 1e-9
 
 
-@pytest.mark.parametrize("name", LAYER_FAMILIES)
+@pytest.mark.parametrize("name", LAYER_VARIANTS)
 def test_layer_equals_apply_on_photos(name):
-    p = sl.get(name)
+    p = _make(name)
     th = torch.cat([_sample_thetas(p, 200, 50), torch.stack(p.domain_tensors())]).float()
     for img in _photos(12).values():
         x = img.float()
@@ -282,9 +296,9 @@ def test_hue_layer_width_is_at_most_six_units_per_pixel():
 
 
 # ----------------------------------------------------------------------------------------- pixel bounds
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", VARIANTS)
 def test_pixel_bounds_sound_and_tight(name):
-    p = sl.get(name)
+    p = _make(name)
     images = [_image(70), _image(71, quantize=False), _photos(10)["astronaut"]]
     if p.requires_channels is None:
         images.append(_image(72, shape=(1, 7, 9)))
@@ -356,6 +370,20 @@ def test_hue_matches_torchvision_adjust_hue():
         assert (p.apply(x, 90.0)[0] - x).abs().mean() > 0.01   # the perturbation does something
 
 
+def test_hue_matches_colorsys_in_float64():
+    """colorsys rgb_to_hsv, h + theta/360 (mod 1), hsv_to_rgb: agreement to float64 rounding."""
+    p = sl.Hue()
+    for x in (_image(112, shape=(3, 6, 6)), _photos(8)["astronaut"]):
+        for t in (-180.0, -77.7, -0.5, 13.0, 120.0, 179.0):
+            out = p.apply(x, t)[0]
+            ref = torch.empty_like(x)
+            for i in range(x.shape[1]):
+                for j in range(x.shape[2]):
+                    h, s, v = colorsys.rgb_to_hsv(*(float(c) for c in x[:, i, j]))
+                    ref[:, i, j] = torch.tensor(colorsys.hsv_to_rgb((h + t / 360.0) % 1.0, s, v), dtype=x.dtype)
+            assert (out - ref).abs().max() <= 1e-12, t
+
+
 def _colorsys_hls(x: torch.Tensor, theta: float, which: str) -> torch.Tensor:
     out = torch.empty_like(x)
     C, H, W = x.shape
@@ -384,53 +412,122 @@ def test_hsl_families_match_colorsys(which):
             if which == "saturation":
                 # colorsys gives grey pixels hue 0 (red) and tints them; Semantify-NN keeps them unchanged
                 assert torch.equal(out[:, grey], x[:, grey])
+                # near-grey pixels (chroma 1e-5) amplify float64 rounding by 1/s in both implementations
                 assert (out - ref)[:, ~grey].abs().max() <= 1e-9, t
             else:
-                assert (out - ref).abs().max() <= 1e-9, t
+                assert (out - ref).abs().max() <= 1e-12, t
 
 
-def test_brightness_contrast_match_closed_forms_and_torchvision():
+def _semantify_contrast(x: np.ndarray, a: float, b: float = 0.0) -> np.ndarray:
+    """Semantify-NN (Mohapatra et al., CVPR 2020): clip((1 + a)(x - 0.5) + 0.5 + b, 0, 1), written independently."""
+    return np.clip((1.0 + a) * (x - 0.5) + 0.5 + b, 0.0, 1.0)
+
+
+def test_brightness_and_contrast_conventions_match_their_references():
+    """Every convention against its reference to <= 1e-5 (float32 torchvision) / 1e-12 (float64 formulas)."""
     import torchvision.transforms.functional as TF
-    xs = [_image(130, shape=(3, 6, 6)), _image(131, shape=(1, 5, 8))]
+    xs = [_image(130, shape=(3, 6, 6)), _image(131, shape=(1, 5, 8)), _photos(16)["coffee"]]
     for x in xs:
         xn = x.numpy()
-        for t in (-1.0, -0.4, 0.0, 0.1, 0.55, 1.0):
-            assert np.allclose(sl.Brightness().apply(x, t)[0].numpy(), np.clip(xn + t, 0, 1), atol=1e-12)
-            assert torch.allclose(sl.Contrast().apply(x, t)[0].float(), TF.adjust_brightness(x.float(), 1 + t),
-                                  atol=1e-6)
+        x32 = x.float()
+        for t in (-1.0, -0.4, -0.05, 0.0, 0.1, 0.55, 1.0):
+            assert np.abs(sl.Brightness().apply(x, t)[0].numpy() - np.clip(xn + t, 0, 1)).max() <= 1e-12
+            # default pivot 0.5: the Semantify-NN formula
+            assert sl.Contrast().pivot == 0.5 and sl.BrightnessContrast().pivot == 0.5
+            assert np.abs(sl.Contrast().apply(x, t)[0].numpy() - _semantify_contrast(xn, t)).max() <= 1e-12
+            # pivot "mean": torchvision adjust_contrast (grey-level mean of the image)
+            ref = TF.adjust_contrast(x32, 1.0 + t)
+            assert (sl.Contrast(pivot="mean").apply(x32, t)[0] - ref).abs().max() <= 1e-5, t
+            # pivot 0: torchvision adjust_brightness (multiplicative)
+            ref = TF.adjust_brightness(x32, 1.0 + t)
+            assert (sl.Contrast(pivot=0.0).apply(x32, t)[0] - ref).abs().max() <= 1e-5, t
             for b in (-0.7, 0.0, 0.3):
-                ref = np.clip((1 + t) * xn + b, 0, 1)
-                assert np.allclose(sl.BrightnessContrast().apply(x, (t, b))[0].numpy(), ref, atol=1e-12)
+                out = sl.BrightnessContrast().apply(x, (t, b))[0].numpy()
+                assert np.abs(out - _semantify_contrast(xn, t, b)).max() <= 1e-12
+                out0 = sl.BrightnessContrast(pivot=0.0).apply(x, (t, b))[0].numpy()
+                assert np.abs(out0 - np.clip((1 + t) * xn + b, 0, 1)).max() <= 1e-12
+                # pivot "mean" with b = 0 is adjust_contrast; with b: adjust_contrast before the clip, plus b
+                grey = (0.2989 * xn[0] + 0.587 * xn[1] + 0.114 * xn[2]) if xn.shape[0] == 3 else xn[0]
+                ref_m = np.clip((1 + t) * xn + (-t) * grey.mean() + b, 0, 1)
+                outm = sl.BrightnessContrast(pivot="mean").apply(x, (t, b))[0].numpy()
+                assert np.abs(outm - ref_m).max() <= 1e-12
+                if b == 0.0:
+                    ref = TF.adjust_contrast(x32, 1.0 + t)
+                    assert (sl.BrightnessContrast(pivot="mean").apply(x32, (t, 0.0))[0] - ref).abs().max() <= 1e-5
+
+
+def test_contrast_mean_pivot_is_fixed_per_image():
+    """The 'mean' pivot is the image's own grey level: batched apply == per-image apply, and bounds are
+    exact (the pixel is affine in a, so the grid touches them)."""
+    p = sl.Contrast(pivot="mean")
+    xb = torch.stack([_image(s, shape=(3, 6, 6)) for s in range(3)])
+    th = torch.tensor([[-0.3], [0.2], [0.9]], dtype=torch.float64)
+    out = p.apply(xb, th)
+    for i in range(3):
+        assert torch.equal(out[i], p.apply(xb[i], th[i:i + 1])[0])
+    assert not torch.allclose(sl.Contrast(pivot="mean").apply(xb[0], 0.5), sl.Contrast().apply(xb[0], 0.5))
+    for bad in ("median", -0.1, 1.5, True, None, float("nan")):
+        with pytest.raises(ValueError, match="pivot"):
+            sl.Contrast(pivot=bad)
+        with pytest.raises(ValueError, match="pivot"):
+            sl.BrightnessContrast(pivot=bad)
+    assert sl.get("contrast", pivot="mean") == sl.Contrast(pivot="mean") != sl.Contrast()
+    assert "pivot='mean'" in repr(sl.Contrast(pivot="mean"))
 
 
 def test_rotation_matches_torchvision_rotate():
     import torchvision.transforms.functional as TF
     from torchvision.transforms import InterpolationMode
     p = sl.Rotation()
+    assert p.fill is None
+    p0 = sl.Rotation(fill=0.0)
     g = torch.Generator().manual_seed(140)
     xs = [torch.rand(3, 17, 20, generator=g), torch.rand(1, 16, 16, generator=g), _photos(24)["astronaut"].float()]
     for x in xs:
-        C, H, W = x.shape
-        cx, cy = (W - 1) / 2, (H - 1) / 2
         for angle in (-170.0, -90.0, -33.3, -5.0, 0.0, 0.7, 7.5, 45.0, 90.0, 123.0, 180.0):
-            mine = p.apply(x, angle)[0]
-            # fill=None: plain zero padding, the whole image agrees
+            # fill=None: plain zero padding
             ref = TF.rotate(x, angle, interpolation=InterpolationMode.BILINEAR)
-            assert (mine - ref).abs().max() <= 1e-5, angle
-            # fill=0: torchvision multiplies by the interpolated coverage mask; compare the interior
-            ref0 = TF.rotate(x, angle, interpolation=InterpolationMode.BILINEAR, fill=0)
-            a = math.radians(angle)
-            jj, ii = torch.meshgrid(torch.arange(W) - cx, torch.arange(H) - cy, indexing="xy")
-            xsrc = math.cos(a) * jj - math.sin(a) * ii + cx
-            ysrc = math.sin(a) * jj + math.cos(a) * ii + cy
-            interior = (xsrc >= 1e-3) & (xsrc <= W - 1 - 1e-3) & (ysrc >= 1e-3) & (ysrc <= H - 1 - 1e-3)
-            assert interior.sum() > 0.3 * H * W
-            assert (mine - ref0)[:, interior].abs().max() <= 1e-5, angle
+            assert (p.apply(x, angle)[0] - ref).abs().max() <= 1e-5, angle
+            # fill=0 (RandomRotation's default) and another fill: torchvision's masked fill, everywhere
+            for fill in (0.0, 0.3):
+                ref = TF.rotate(x, angle, interpolation=InterpolationMode.BILINEAR, fill=fill)
+                mine = (p0 if fill == 0.0 else sl.Rotation(fill=fill)).apply(x, angle)[0]
+                assert (mine - ref).abs().max() <= 1e-5, (angle, fill)
+    # the two conventions differ (in the border band) for a generic angle
+    x = xs[0]
+    assert (p.apply(x, 33.3) - p0.apply(x, 33.3)).abs().max() > 1e-3
     # exact oracle: 90 degrees counter-clockwise on an odd square image is a pixel permutation
     x = torch.rand(2, 7, 7, generator=g, dtype=torch.float64)
-    assert torch.allclose(p.apply(x, 90.0)[0], torch.rot90(x, 1, dims=(1, 2)), atol=1e-12)
-    assert torch.allclose(p.apply(x, -90.0)[0], torch.rot90(x, -1, dims=(1, 2)), atol=1e-12)
-    assert torch.allclose(p.apply(x, 180.0)[0], torch.rot90(x, 2, dims=(1, 2)), atol=1e-12)
+    for q in (p, p0):
+        assert torch.allclose(q.apply(x, 90.0)[0], torch.rot90(x, 1, dims=(1, 2)), atol=1e-12)
+        assert torch.allclose(q.apply(x, -90.0)[0], torch.rot90(x, -1, dims=(1, 2)), atol=1e-12)
+        assert torch.allclose(q.apply(x, 180.0)[0], torch.rot90(x, 2, dims=(1, 2)), atol=1e-12)
+    for bad in (-0.1, 1.5, "0", True, float("nan")):
+        with pytest.raises(ValueError, match="fill"):
+            sl.Rotation(fill=bad)
+    assert sl.Rotation(fill=0.0) != sl.Rotation() and "fill=0.0" in repr(p0)
+
+
+def test_rotation_fill_bounds_sound_on_border_band():
+    """fill=0 / fill=0.3: grid + random angles inside each interval stay inside the boxes, also in the
+    one-pixel border band where the coverage mask is below 1; the interior equals the fill=None bounds."""
+    x = _photos(10)["chelsea"]
+    lo = torch.tensor([[-30.0], [-3.0], [12.0], [44.0], [170.0]], dtype=torch.float64)
+    hi = torch.tensor([[30.0], [2.0], [12.5], [46.0], [180.0]], dtype=torch.float64)
+    for fill in (0.0, 0.3):
+        p = sl.Rotation(fill=fill)
+        lower, upper = p.pixel_bounds(x, lo, hi)
+        for s in range(lo.shape[0]):
+            th = torch.cat([_grid(p, lo[s], hi[s], n1=1500), _sample_thetas(p, 300, 170 + s, lo[s], hi[s])])
+            v = p.apply(x, th)
+            assert (lower[s] <= v + 1e-9).all() and (v <= upper[s] + 1e-9).all(), (fill, s)
+            assert (upper[s] - lower[s]).max() <= 1.0 + 1e-9
+    # with a pure interior (a 12 x 12 image, small angles) the centre pixels match the fill=None boxes
+    x = _image(171, shape=(1, 12, 12))
+    a = sl.Rotation(fill=0.0).pixel_bounds(x, [-1.0], [1.0])
+    b = sl.Rotation().pixel_bounds(x, [-1.0], [1.0])
+    assert torch.allclose(a[0][..., 3:9, 3:9], b[0][..., 3:9, 3:9]) and torch.allclose(a[1][..., 3:9, 3:9],
+                                                                                          b[1][..., 3:9, 3:9])
 
 
 # ----------------------------------------------------------------------------------------- bad input

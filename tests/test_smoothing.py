@@ -270,7 +270,7 @@ def test_linear_oracle_certificates_hold_at_rate_alpha():
     fails0 = fails1 = 0
     tight, gain_l1, near = [], [], []
     for i, (model, x, exact) in enumerate(cases):
-        smooth = Smooth(model, num_classes=2, sigma=0.5)
+        smooth = Smooth(model, num_classes=2, sigma=0.5, input_range=None)  # x in [-1, 1]: not pixels
         c0 = smooth.certify(x, n_select=30, n_estimate=3000, alpha=alpha, batch_size=1000, seed=i)
         c1 = smooth.certify(x, n_select=30, n_estimate=10_000, alpha=alpha, batch_size=2000, seed=10_000 + i,
                             first_order=True)
@@ -372,7 +372,7 @@ def test_nonlinear_mlp_certificates_survive_sampling_and_attacks():
     model = nn.Sequential(nn.Linear(D, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, K))
     for p in model.parameters():
         p.data.mul_(2.0)
-    smooth = Smooth(model, num_classes=K, sigma=sigma)
+    smooth = Smooth(model, num_classes=K, sigma=sigma, input_range=None)  # Gaussian x: not pixels
     gen = torch.Generator().manual_seed(99)
     rng = np.random.default_rng(0)
     failures, certified = 0, 0

@@ -35,7 +35,7 @@ def _within_budget(failures: int, runs: int, alpha: float) -> bool:
 
 
 def _run(x, **kw) -> list[SmoothingCertificate]:
-    smooth = Smooth(linear, num_classes=2, sigma=SIGMA)
+    smooth = Smooth(linear, num_classes=2, sigma=SIGMA, input_range=None)
     return [smooth.certify(x, n_select=10, n_estimate=2000, alpha=ALPHA, batch_size=50, seed=i, sequential=True, **kw)
             for i in range(RUNS)]
 
@@ -66,7 +66,7 @@ def test_decision_mode_upper_side():
 
 
 def test_easy_decisions_stop_early_and_echo_settings():
-    smooth = Smooth(linear, num_classes=2, sigma=0.25)
+    smooth = Smooth(linear, num_classes=2, sigma=0.25, input_range=None)
     far = smooth.certify(_point(2.0), n_select=10, n_estimate=100_000, alpha=0.001, seed=0, sequential=True,
                          target_radius=0.25)
     assert far.stop_reason == "certified" and far.radius >= 0.25 and far.n_used == 100
@@ -77,20 +77,20 @@ def test_easy_decisions_stop_early_and_echo_settings():
                           target_radius=0.25)
     assert near.stop_reason == "unreachable" and near.n_used <= 200 and near.radius < 0.25
     # radius mode: ten equally likely classes -> p_upper < 1/2 at the first check -> no radius can be certified
-    ten = Smooth(lambda b: b.reshape(b.shape[0], -1), num_classes=10, sigma=1.0)
+    ten = Smooth(lambda b: b.reshape(b.shape[0], -1), num_classes=10, sigma=1.0, input_range=None)
     hopeless = ten.certify(torch.zeros(10), n_select=10, n_estimate=100_000, alpha=0.001, seed=0, sequential=True)
     assert hopeless.abstained and hopeless.n_used == 100 and hopeless.stop_reason == "converged"
 
 
 def test_fixed_mode_records_n_used():
-    smooth = Smooth(linear, num_classes=2, sigma=0.25)
+    smooth = Smooth(linear, num_classes=2, sigma=0.25, input_range=None)
     cert = smooth.certify(_point(0.3), n_select=10, n_estimate=300, alpha=0.001, seed=0)
     assert cert.n_used == 300 and not cert.sequential and cert.stop_reason == "fixed" and cert.target_radius is None
 
 
 def test_sequential_radius_is_sound_and_below_fixed_budget():
     # a sequential certificate can never report more than the cap of its own (alpha / J) bound at n_estimate
-    smooth = Smooth(linear, num_classes=2, sigma=0.25)
+    smooth = Smooth(linear, num_classes=2, sigma=0.25, input_range=None)
     c = smooth.certify(_point(5.0), n_select=10, n_estimate=1000, alpha=0.001, seed=0, sequential=True)
     n_checks = len(check_schedule(1000))
     assert c.n_used == 1000 and c.stop_reason == "exhausted"
@@ -98,7 +98,7 @@ def test_sequential_radius_is_sound_and_below_fixed_budget():
 
 
 def test_small_n_estimate_is_one_segment():
-    smooth = Smooth(linear, num_classes=2, sigma=0.25)
+    smooth = Smooth(linear, num_classes=2, sigma=0.25, input_range=None)
     c = smooth.certify(_point(1.0), n_select=10, n_estimate=20, alpha=0.001, batch_size=1000, seed=0,
                        sequential=True)
     assert c.n_used == 20
@@ -107,7 +107,7 @@ def test_small_n_estimate_is_one_segment():
 def test_batch_size_does_not_change_the_result():
     # the check counts are fixed; each segment has its own seed (16 pixels: torch's normal_ stream is then the
     # same however a segment is cut into batches)
-    smooth = Smooth(linear, num_classes=2, sigma=0.5)
+    smooth = Smooth(linear, num_classes=2, sigma=0.5, input_range=None)
     x = _point(0.6, 16).reshape(1, 4, 4)
     certs = [smooth.certify(x, n_select=10, n_estimate=5000, alpha=0.001, batch_size=bs, seed=3, sequential=True)
              for bs in (16, 100, 5000)]
@@ -117,29 +117,41 @@ def test_batch_size_does_not_change_the_result():
 # ------------------------------------------------------------------------------------------------ bad input
 @pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), "0.5", True, [0.5]])
 def test_bad_target_radius(bad):
-    smooth = Smooth(linear, num_classes=2, sigma=0.25)
+    smooth = Smooth(linear, num_classes=2, sigma=0.25, input_range=None)
     with pytest.raises(ValueError, match=r"target_radius must be a finite number >= 0"):
         smooth.certify(_point(1.0), n_select=10, n_estimate=100, alpha=0.01, sequential=True, target_radius=bad)
 
 
 @pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), "0.01", None])
 def test_bad_radius_tol(bad):
-    smooth = Smooth(linear, num_classes=2, sigma=0.25)
+    smooth = Smooth(linear, num_classes=2, sigma=0.25, input_range=None)
     with pytest.raises(ValueError, match=r"radius_tol must be a finite number > 0"):
         smooth.certify(_point(1.0), n_select=10, n_estimate=100, alpha=0.01, sequential=True, radius_tol=bad)
 
 
 def test_first_order_with_sequential_is_refused():
-    smooth = Smooth(linear, num_classes=2, sigma=0.25)
+    smooth = Smooth(linear, num_classes=2, sigma=0.25, input_range=None)
     with pytest.raises(ValueError, match="first_order=True cannot be combined with sequential=True"):
         smooth.certify(_point(1.0), n_select=10, n_estimate=100, alpha=0.01, sequential=True, first_order=True)
 
 
 def test_target_radius_needs_sequential_and_sequential_is_a_bool():
-    smooth = Smooth(linear, num_classes=2, sigma=0.25)
+    smooth = Smooth(linear, num_classes=2, sigma=0.25, input_range=None)
     with pytest.raises(ValueError, match="target_radius"):
         smooth.certify(_point(1.0), n_select=10, n_estimate=100, alpha=0.01, target_radius=0.5)
     with pytest.raises(TypeError, match="sequential"):
         smooth.certify(_point(1.0), n_select=10, n_estimate=100, alpha=0.01, sequential=1)
     assert math.isfinite(smooth.certify(_point(1.0), n_select=10, n_estimate=100, alpha=0.01, sequential=True,
                                         target_radius=0).radius)
+
+
+def test_sequential_with_sound_lattice_noise():
+    from estimators.lattice import total_variation
+    from estimators.sequential import scheduled_clopper_pearson
+
+    smooth = Smooth(linear, num_classes=2, sigma=0.25, sound=True)
+    x = torch.full((4,), 200 / 255)
+    c = smooth.certify(x, n_select=10, n_estimate=1000, alpha=0.001, seed=0, sequential=True, target_radius=0.25)
+    k = c.counts[c.label]
+    cs_lower, _ = scheduled_clopper_pearson(k, c.n_used, 0.001, n_checks=len(check_schedule(1000)))
+    assert c.sound and c.p_lower == pytest.approx(cs_lower - total_variation(smooth.lattice, 4), abs=1e-15)

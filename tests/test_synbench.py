@@ -14,6 +14,7 @@ import json
 import math
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +25,9 @@ from torch import nn
 from certify import synbench as sb
 from estimators import gaussian_mixture as gm
 from estimators import robust_linear as rl
+
+# copies of published per-example logs (sources named in tests/data/published-logs/README.md)
+PUBLISHED_LOGS = Path(__file__).resolve().parent / "data" / "published-logs"
 
 SHAPE = (1, 4, 4)
 D = 16
@@ -433,11 +437,9 @@ def test_compare_reference_and_gap():
 
 
 def test_compare_with_published_cohen_log(tmp_path):
-    reports = pytest.importorskip("certify.reports")
-    path = "/work/shared/data/published-logs/cohen_cifar10_resnet110_noise0.25_sigma0.25.tsv"
-    import os
-    if not os.path.exists(path):
-        pytest.skip("published logs not present")
+    from certify import reports
+
+    path = PUBLISHED_LOGS / "cohen_cifar10_resnet110_noise0.25_sigma0.25.tsv"
     rep = reports.RadiusReport.from_tsv(path, sigma=0.25)
     c = sb.compare(rep)
     assert c.sigma == 1.0 and c.clean_accuracy == pytest.approx(rep.clean_accuracy)
@@ -473,7 +475,10 @@ def test_compare_bad_input():
 def _fake_models(monkeypatch):
     torch.manual_seed(0)
     net = nn.Sequential(nn.Flatten(), nn.Linear(64, 12), nn.ReLU(), nn.Linear(12, 10))
+    from certify import models as real
+
     mod = types.ModuleType("certify.models")
+    mod.ZOO_DIR, mod.Normalized = real.ZOO_DIR, real.Normalized
     mod.pretrained = lambda name: net.eval()
     mod.pretrained_info = lambda name: {"arch": "digits_mlp", "dataset": "digits"}
     monkeypatch.setitem(sys.modules, "certify.models", mod)
@@ -499,11 +504,7 @@ def test_cli_writes_result_summary_and_plot(monkeypatch, tmp_path, capsys):
 
 
 def test_cli_probe_and_compare(monkeypatch, tmp_path):
-    import os
-
-    cohen = "/work/shared/data/published-logs/cohen_cifar10_resnet110_noise0.25_sigma0.25.tsv"
-    if not os.path.exists(cohen):
-        pytest.skip("published logs not present")
+    cohen = str(PUBLISHED_LOGS / "cohen_cifar10_resnet110_noise0.25_sigma0.25.tsv")
     _fake_models(monkeypatch)
     from certify import cli
 

@@ -8,9 +8,17 @@ two minutes on two CPU cores with the defaults; re-running continues / re-render
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from certify.commands.smooth import add_budget_arguments, check_num_classes, positive_int, print_report
+from certify.commands._common import (
+    add_run_arguments,
+    check_model_and_data,
+    check_out,
+    check_resume_flags,
+    positive_int,
+    run_record,
+    set_summary,
+)
+from certify.commands.smooth import add_budget_arguments, print_report
 
 HELP = "certify a few Fashion-MNIST test images with the shipped smoothed CNN and write a report"
 
@@ -19,10 +27,11 @@ SIGMA = 0.25
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", metavar="DIR", default="runs/demo", help="run directory (default runs/demo)")
-    p.add_argument("--n", type=positive_int, default=30, help="number of test images (default 30)")
+    p.add_argument("--n", "--max", dest="n", type=positive_int, default=30, help="number of test images (default 30)")
     p.add_argument("--skip", type=positive_int, default=333, help="certify every SKIP-th test image (default 333)")
     add_budget_arguments(p, n_estimate=10_000)
+    add_run_arguments(p, max_examples=False)
+    p.set_defaults(out="runs/demo")
     p.add_argument("--first-order", action=argparse.BooleanOptionalAction, default=True,
                    help="also certify l2/l1/l-inf radii with first-order information (default: on)")
 
@@ -30,26 +39,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from certify import models
     from certify.data import load_dataset
+    from certify.rundir import file_sha256
     from certify.runs import certify_dataset, terminate_as_interrupt
     from certify.smoothing import Smooth
 
+    check_resume_flags(args)
+    out = check_out(args.out)
     model = models.pretrained(CHECKPOINT)
     info = models.pretrained_info(CHECKPOINT)
     dataset = load_dataset(info["dataset"], split="test")
-    if args.overwrite and args.resume:
-        raise ValueError("--overwrite: only with --no-resume (it deletes the rows already in --out)")
-    check_num_classes(model, dataset[0][0], len(dataset.classes))
-    out = Path(args.out)
+    num_classes = check_model_and_data(model, dataset)
     print(f"certify demo: {CHECKPOINT} (test accuracy {info.get('test_accuracy', float('nan')):.3f}), sigma {SIGMA}, "
           f"{args.n} Fashion-MNIST test images (every {args.skip}th), n_estimate {args.n_estimate:,}, "
           f"alpha {args.alpha}, first order {'on' if args.first_order else 'off'}")
-    smooth = Smooth(model, num_classes=len(dataset.classes), sigma=SIGMA)
+    smooth = Smooth(model, num_classes=num_classes, sigma=SIGMA)
     with terminate_as_interrupt():
         report = certify_dataset(
             smooth, dataset, out=out, resume=args.resume, overwrite=args.overwrite, n_select=args.n_select,
             n_estimate=args.n_estimate, alpha=args.alpha, batch_size=args.batch_size, seed=args.seed,
             first_order=args.first_order, skip=args.skip, max_examples=args.n, verbose=not args.quiet,
-            checkpoint=CHECKPOINT, dataset_name=dataset.name)
+            checkpoint=CHECKPOINT, dataset_name=dataset.name,
+            record={**run_record(args), "arch": info.get("arch"),
+                    "checkpoint_sha256": file_sha256(models.ZOO_DIR / f"{CHECKPOINT}.pt")})
     frame = report.to_frame()
     cols = ["idx", "label", "predict", "abstained", "radius"] + [c for c in ("radius_l2", "radius_l1", "radius_linf")
                                                                   if c in frame.columns]
@@ -58,4 +69,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"... ({len(frame) - 10} more rows in {out / 'rows.tsv'})")
     print_report(report, out)
     print(f"report: {out / 'report.md'}   plot: {out / 'certified_accuracy.png'}")
+    set_summary(args, {"out": str(out), **report.summary()})
     return 0

@@ -15,45 +15,22 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 from pathlib import Path
-from typing import Any
+
+from certify.commands._common import (  # noqa: F401 - the argparse types, re-exported for old imports
+    add_model_arguments,
+    add_run_arguments,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    probability,
+)
 
 HELP = "certify a dataset with a Gaussian-smoothed classifier (Cohen et al.; optional first-order radii)"
 
 
-# ------------------------------------------------------------------ argument types (shared with demo)
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
-    return value
-
-
-def nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return value
-
-
 def nonnegative_float(text: str) -> float:
+    """A finite number >= 0."""
     try:
         value = float(text)
     except ValueError:
@@ -63,45 +40,20 @@ def nonnegative_float(text: str) -> float:
     return value
 
 
-def probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), got {text!r}") from None
-    if not (0.0 < value < 1.0):
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), got {text!r}")
-    return value
-
-
 def add_budget_arguments(p: argparse.ArgumentParser, *, n_estimate: int) -> None:
-    """--n-select, --n-estimate, --alpha, --batch-size, --seed, --resume, --overwrite (smooth and demo)."""
-    p.add_argument("--n-select", type=positive_int, default=100, metavar="N",
+    """--n-select (--N0), --n-estimate (--N), --alpha, --batch-size (--batch): the Cohen et al. names too."""
+    p.add_argument("--n-select", "--N0", dest="n_select", type=positive_int, default=100, metavar="N",
                    help="noise samples to select the top class (default 100)")
-    p.add_argument("--n-estimate", type=positive_int, default=n_estimate, metavar="N",
+    p.add_argument("--n-estimate", "--N", dest="n_estimate", type=positive_int, default=n_estimate, metavar="N",
                    help=f"noise samples to bound its probability (default {n_estimate:,})")
     p.add_argument("--alpha", type=probability, default=0.001,
                    help="failure probability of each certificate (default 0.001)")
-    p.add_argument("--batch-size", type=positive_int, default=1000, metavar="B",
+    p.add_argument("--batch-size", "--batch", dest="batch_size", type=positive_int, default=1000, metavar="B",
                    help="noisy images per forward pass (default 1000)")
-    p.add_argument("--seed", type=nonnegative_int, default=0, help="base seed; example idx uses a seed "
-                   "derived from (seed, idx) (default 0)")
-    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                   help="continue the run in --out, skipping finished examples (default: on)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="with --no-resume: delete the rows already in --out and start over")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", metavar="PATH",
-                     help="model file: a state_dict (needs --arch), TorchScript or torch.export file")
-    src.add_argument("--pretrained", metavar="NAME",
-                     help="a checkpoint shipped with certify (e.g. fmnist_cnn_sigma0.25); it names its own "
-                          "architecture and gives the --data and --sigma defaults")
-    p.add_argument("--arch", metavar="NAME|FILE.py:CLASS",
-                   help="architecture of a state_dict checkpoint: a zoo name or path/to/file.py:ClassName")
-    p.add_argument("--trust", action="store_true",
-                   help="allow loading a pickled full module (runs code from the file: trusted files only)")
+    add_model_arguments(p)
     p.add_argument("--data", metavar="NAME|PATH",
                    help="dataset: fashion-mnist (fmnist), digits, color-fmnist, a .npz file or an image folder")
     p.add_argument("--split", choices=("test", "train"), default="test", help="dataset split (default test)")
@@ -117,61 +69,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--radius-tol", type=positive_float, default=0.01, metavar="T",
                    help="with --sequential and no --target-radius: stop once the radius can grow by at most "
                         "T * sigma (default 0.01)")
+    p.add_argument("--sound", action="store_true",
+                   help="floating-point sound noise (Voracek & Hein 2023): inputs on the 1/255 grid, noise drawn "
+                        "exactly on that lattice; zeroth order only")
     p.add_argument("--start", type=nonnegative_int, default=0, help="first example index (default 0)")
     p.add_argument("--skip", type=positive_int, default=1, help="certify every SKIP-th example (default 1)")
-    p.add_argument("--max", dest="max_examples", type=positive_int, default=None, metavar="N",
-                   help="certify at most N examples (default: all selected)")
-    p.add_argument("--num-classes", type=positive_int, default=None,
-                   help="classes of the model (default: the dataset's)")
-    p.add_argument("--out", metavar="DIR", default=None,
-                   help="run directory (default runs/smooth_<model>_sigma<S>)")
-
-
-def _load_model(args: argparse.Namespace) -> tuple[Any, str, dict]:
-    from certify import models
-    from certify.checkpoints import UnsafeCheckpointError, load_checkpoint
-
-    if args.pretrained is not None:
-        if args.arch is not None:
-            raise ValueError("--arch: not used with --pretrained (the shipped checkpoint names its architecture)")
-        try:
-            info = models.pretrained_info(args.pretrained)
-            model = models.pretrained(args.pretrained)
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"--pretrained: {exc}") from None
-        return model, args.pretrained, info
-    path = Path(args.checkpoint)
-    if not path.is_file():
-        raise ValueError(f"--checkpoint: file not found: {path}")
-    try:
-        model = load_checkpoint(path, arch=args.arch, trust=args.trust)
-    except UnsafeCheckpointError as exc:
-        raise ValueError(f"--checkpoint: {exc}") from None
-    except ValueError as exc:  # missing/unknown arch, or a state_dict that does not fit it
-        raise ValueError(f"--checkpoint/--arch: {exc}") from None
-    except (FileNotFoundError, TypeError, ImportError, AttributeError) as exc:  # the --arch file/class
-        raise ValueError(f"--arch: {exc}") from None
-    return model, str(path), {}
-
-
-def _load_data(name: str, split: str):
-    from certify.data import load_dataset
-
-    try:
-        return load_dataset(name, split=split)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
-        raise ValueError(f"--data: {exc}") from None
-
-
-def check_num_classes(model: Any, x, num_classes: int) -> None:
-    """Run the model on one example: its output must have ``num_classes`` logits."""
-    import torch
-
-    with torch.no_grad():
-        logits = model(torch.as_tensor(x).unsqueeze(0))
-    if logits.ndim != 2 or logits.shape[1] != num_classes:
-        raise ValueError(f"--num-classes: the model outputs shape {tuple(logits.shape)} for one input, expected "
-                         f"(1, {num_classes})")
+    add_run_arguments(p, seed_help="base seed; example idx uses a seed derived from (seed, idx) (default 0)")
 
 
 def print_report(report, out: Path | None, *, examples: int | None = None) -> None:
@@ -194,43 +97,46 @@ def print_report(report, out: Path | None, *, examples: int | None = None) -> No
         print(f"wrote {out}/rows.tsv, run.json, summary.json, report.md, certified_accuracy.png, samples_used.png")
 
 
-def run(args: argparse.Namespace) -> int:
-    from certify.runs import certify_dataset, terminate_as_interrupt
-    from certify.smoothing import Smooth
+def _check_sound(args: argparse.Namespace, dataset) -> None:
+    import torch
 
-    model, model_name, info = _load_model(args)
-    data = args.data if args.data is not None else info.get("dataset")
-    if data is None:
-        raise ValueError("--data: required with --checkpoint (a dataset name or path)")
-    sigma = args.sigma
-    if sigma is None:
-        if info.get("sigma", 0.0) and float(info["sigma"]) > 0:
-            sigma = float(info["sigma"])
-        else:
-            raise ValueError("--sigma: required (the noise level to certify at, e.g. 0.25)")
-    dataset = _load_data(data, args.split)
-    num_classes = args.num_classes if args.num_classes is not None else len(dataset.classes)
-    if num_classes < 2:
-        raise ValueError(f"--num-classes: must be >= 2, got {num_classes}")
-    if args.start >= len(dataset):
-        raise ValueError(f"--start: must be < the dataset size {len(dataset)}, got {args.start}")
-    check_num_classes(model, dataset[args.start][0], num_classes)
+    from estimators.lattice import grid_indices
+
+    if args.first_order:
+        raise ValueError("--sound: not available with --first-order (first-order bounds need continuous noise)")
+    try:
+        grid_indices(torch.as_tensor(dataset[args.start][0]).to(torch.float32))
+    except ValueError as exc:
+        raise ValueError(f"--sound: {exc}") from None
+
+
+def _check_sequential(args: argparse.Namespace) -> None:
     if not args.sequential and (args.target_radius is not None or args.radius_tol != 0.01):
         raise ValueError("--target-radius/--radius-tol: only with --sequential")
     if args.sequential and args.first_order:
         raise ValueError("--first-order: cannot be combined with --sequential (the gradient bounds are fixed-n "
                          "bounds, not valid under optional stopping)")
-    if args.overwrite and args.resume:
-        raise ValueError("--overwrite: only with --no-resume (it deletes the rows already in --out)")
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(model_name).stem)
-    out = Path(args.out) if args.out else Path("runs") / f"smooth_{stem}_sigma{sigma:g}"
-    smooth = Smooth(model, num_classes=num_classes, sigma=sigma)
+
+
+def run(args: argparse.Namespace) -> int:
+    from certify.commands._common import prepare_smoothing, set_summary
+    from certify.runs import certify_dataset, terminate_as_interrupt
+    from certify.smoothing import Smooth
+
+    _check_sequential(args)
+    job = prepare_smoothing(args, "smooth")
+    out = job["out"]
+    if args.sound:
+        _check_sound(args, job["dataset"])
+    smooth = Smooth(job["loaded"].model, num_classes=job["num_classes"], sigma=job["sigma"], sound=args.sound)
     with terminate_as_interrupt():
         report = certify_dataset(
-            smooth, dataset, out=out, resume=args.resume, overwrite=args.overwrite, n_select=args.n_select,
+            smooth, job["dataset"], out=out, resume=args.resume, overwrite=args.overwrite, n_select=args.n_select,
             n_estimate=args.n_estimate, alpha=args.alpha, batch_size=args.batch_size, seed=args.seed,
             first_order=args.first_order, start=args.start, skip=args.skip, max_examples=args.max_examples,
-            verbose=not args.quiet, checkpoint=model_name, dataset_name=dataset.name,
-            sequential=args.sequential, target_radius=args.target_radius, radius_tol=args.radius_tol)
+            verbose=not args.quiet, checkpoint=job["loaded"].name, dataset_name=job["dataset"].name,
+            record=job["record"], sequential=args.sequential, target_radius=args.target_radius,
+            radius_tol=args.radius_tol)
     print_report(report, out)
+    set_summary(args, {"out": str(out), **report.summary()})
     return 0

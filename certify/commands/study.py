@@ -16,13 +16,16 @@ from __future__ import annotations
 import argparse
 import logging
 
+from certify.commands._common import check_out, set_summary
+
 logger = logging.getLogger(__name__)
 
 HELP = "the four parts together on a family of Fashion-MNIST models: tables, plots, consistency checks"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, help="output directory (an existing one is resumed)")
+    parser.add_argument("--out", default="runs/study",
+                        help="output directory (default runs/study; an existing one is resumed)")
     parser.add_argument("--quick", action="store_true",
                         help="CI-sized study (<= 10 min on 2 idle cores): fewer examples and samples, the 4 "
                              "trained models on 6,000 images for one epoch")
@@ -42,6 +45,7 @@ def run(args) -> int:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+    check_out(args.out)
     res = run_study(args.out, quick=args.quick, seed=args.seed, verbose=not args.quiet)
     corr = (res.correlation or {}).get("main") or {}
     print(f"study {res.config.name}: {len(res.config.models)} models in {res.wall_time_s:.0f} s "
@@ -54,4 +58,7 @@ def run(args) -> int:
     for problem in res.consistency["problems"]:
         print(f"  VIOLATION: {problem}")
     print(f"report: {res.report}\nresults: {res.results}")
+    set_summary(args, {"name": res.config.name, "models": list(res.config.models), "wall_time_s": res.wall_time_s,
+                       "correlation": res.correlation, "consistency": res.consistency, "report": str(res.report),
+                       "results": str(res.results)})
     return 3 if res.consistency["violations"] else 0

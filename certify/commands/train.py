@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from certify.commands._common import check_out, set_summary
+
 HELP = "train a zoo model (clean, Gaussian noise for smoothing, FGSM/PGD adversarial, adversarial fine-tuning)"
 
 
@@ -29,8 +31,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from certify.training import train
 
+    out = Path(args.out)
+    if out.is_dir():
+        raise ValueError(f"--out: {out} is a directory; give the .pt file to write")
+    check_out(out.parent)
     result = train(args.arch, args.data, epochs=args.epochs, sigma=args.sigma, seed=args.seed,
                    batch_size=args.batch_size, lr=args.lr, augment=args.augment, eps=args.eps,
                    adv_fraction=args.adv_fraction, pgd_steps=args.pgd_steps, init=args.init, out=args.out,
@@ -38,4 +46,5 @@ def run(args: argparse.Namespace) -> int:
                    verbose=not args.quiet)
     print(json.dumps(result.to_dict(), indent=2, sort_keys=True))
     print(f"clean test accuracy {result.test_accuracy:.4f} after {result.train_seconds:.0f} s; wrote {args.out}")
+    set_summary(args, result.to_dict())
     return 0

@@ -1,0 +1,170 @@
+"""``semantic_report``: :func:`~certify.semantic.verify.verify_semantic` over a dataset, in a run directory.
+
+The run directory is :mod:`certify.rundir`'s: ``run.json`` (settings), ``rows.tsv`` (appended, flushed and
+fsync'ed per example and family), a lock (a second process on the same directory gets
+:class:`~certify.rundir.RunDirBusyError`), resume by default (settings checked, :class:`ResumeMismatchError`
+on a difference; a torn last line is repaired) and no silent overwrite (``resume=False`` on a directory with
+rows is an error unless ``overwrite=True``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from torch import nn
+
+from certify import lirpa
+from certify._checks import check_bool, check_float, check_int
+from certify._jsonio import atomic_write_json, atomic_write_text, jsonable
+from certify._progress import progress
+from certify.rundir import dataset_fingerprint, model_fingerprint, open_run
+
+from .inputs import check_baseline, check_method, check_model, check_perturbation, resolve_range
+from .report import PREAMBLE_TAG, SemanticReport, rows_from_certificate
+from .verify import verify_semantic
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["semantic_report"]
+
+# rendered files of a run (deleted with its rows by overwrite=True)
+ARTIFACTS = ("summary.json", "report.md", "semantic_accuracy.png", "semantic_ranges.png", "semantic_examples.png")
+
+
+def _check_perturbations(perturbations: Any) -> list[Any]:
+    if isinstance(perturbations, (str, bytes)) or not isinstance(perturbations, Sequence) or not perturbations:
+        raise TypeError("perturbations must be a non-empty sequence of SemanticPerturbation objects")
+    for p in perturbations:
+        check_perturbation(p)
+    names = [p.name for p in perturbations]
+    if len(set(names)) != len(names):
+        raise ValueError(f"perturbations must have distinct names; got {names}")
+    return list(perturbations)
+
+
+def _check_images(perturbations: Sequence[Any], dataset: Any) -> None:
+    """Every family accepts the dataset's images (e.g. hue needs RGB): checked before anything is written."""
+    x, _ = dataset[0]
+    for p in perturbations:
+        p.check_input(x)
+
+
+def _settings(model: nn.Module, dataset: Any, perturbations: Sequence[Any], ranges: dict, opts: dict) -> dict:
+    return {
+        **opts,
+        "perturbations": [p.name for p in perturbations],
+        "conventions": {p.name: jsonable(p.to_dict()) for p in perturbations},
+        "ranges": {name: [list(r) for r in rng] for name, rng in ranges.items()},
+        "dataset": str(getattr(dataset, "name", type(dataset).__name__)), "dataset_size": len(dataset),
+        "dataset_fingerprint": dataset_fingerprint(dataset),
+        "model": model_fingerprint(model),
+    }
+
+
+def semantic_report(model: nn.Module, dataset: Any, perturbations: Sequence[Any], *, out: str | os.PathLike,
+                    method: str = "crown", max_param: Any = None, max_examples: int | None = None,
+                    skip: int = 1, resume: bool = True, overwrite: bool = False, n_splits: int = 8,
+                    max_refine: int = 4, attack: bool = True, attack_grid: int = 1001, attack_steps: int = 20,
+                    batch_size: int = 32, seed: int = 0, baseline: str | None = None,
+                    margin_tol: float = 1e-4, alpha_iterations: int = 20, plots: bool = True,
+                    verbose: bool = True) -> SemanticReport:
+    """Run :func:`verify_semantic` on dataset examples 0, skip, 2 skip, ... for every perturbation.
+
+    Rows (:data:`ROW_COLUMNS`) are appended to ``out/rows.tsv`` as they are produced. ``resume=True``
+    (default) continues a run in ``out``: finished (idx, perturbation) pairs are skipped; the settings must
+    match those in ``out/run.json`` except ``max_examples`` (so a run can be extended), else
+    :class:`certify.rundir.ResumeMismatchError`. ``resume=False`` on a directory with rows raises ValueError
+    unless ``overwrite=True``, which deletes them first. A second process on the same ``out`` gets
+    :class:`certify.rundir.RunDirBusyError`. Every argument is checked before anything is written.
+
+    At the end writes ``summary.json``, ``report.md`` and (``plots``) ``semantic_accuracy.png`` (certified and
+    attack-free accuracy vs range), ``semantic_ranges.png`` (histogram of the certified ranges) and
+    ``semantic_examples.png``. Returns the :class:`SemanticReport` of all rows.
+
+    ``max_param`` as in :func:`verify_semantic` (a mapping gives each family its own range).
+    ``dataset``: anything with ``len`` and ``ds[i] -> (x, y)`` (e.g. :func:`certify.data.load_dataset`).
+    """
+    check_model(model)
+    perturbations = _check_perturbations(perturbations)
+    if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
+        raise TypeError("dataset must support len() and ds[i] -> (x, y)")
+    if len(dataset) == 0:
+        raise ValueError("dataset must hold at least one example")
+    opts = {
+        "method": check_method(method), "baseline": check_baseline(baseline),
+        "n_splits": check_int("n_splits", n_splits, 1), "max_refine": check_int("max_refine", max_refine, 0),
+        "attack": check_bool("attack", attack), "attack_grid": check_int("attack_grid", attack_grid, 3),
+        "attack_steps": check_int("attack_steps", attack_steps, 0), "seed": check_int("seed", seed, 0),
+        "margin_tol": check_float("margin_tol", margin_tol, low=0.0),
+        "alpha_iterations": check_int("alpha_iterations", alpha_iterations, 1),
+        "skip": check_int("skip", skip, 1),
+        "max_examples": None if max_examples is None else check_int("max_examples", max_examples, 1),
+    }
+    batch_size = check_int("batch_size", batch_size, 1)
+    check_bool("resume", resume)
+    check_bool("overwrite", overwrite)
+    if overwrite and resume:
+        raise ValueError("overwrite=True deletes the rows already in out: use it with resume=False")
+    _check_images(perturbations, dataset)
+    model_net = lirpa.bounded_module(model, dataset[0][0].float().unsqueeze(0))   # unsupported operators fail here
+    ranges = {p.name: resolve_range(p, max_param) for p in perturbations}
+    indices = list(range(0, len(dataset), opts["skip"]))[:opts["max_examples"]]
+    settings = _settings(model, dataset, perturbations, ranges, opts)
+    n_params = {p.name: len(p.param_names) for p in perturbations}
+    preamble = [f"{PREAMBLE_TAG} {json.dumps(jsonable(settings), sort_keys=True)}"]
+    match = [k for k in settings if k != "max_examples"]
+    with open_run(out, settings=settings, match_keys=match, resume=resume, overwrite=overwrite,
+                  preamble=preamble, artifacts=ARTIFACTS) as run:
+        done = _complete_groups(run, n_params)
+        todo = [(i, p) for i in indices for p in perturbations if (i, p.name) not in done]
+        logger.info("semantic report: %d examples x %d families, %d to do (%d done)", len(indices),
+                    len(perturbations), len(todo), len(done))
+        with progress(total=len(todo), desc="semantic", unit="cert", enabled=verbose) as bar:
+            for i, p in todo:
+                x, y = dataset[i]
+                rng = ranges[p.name]
+                cert = verify_semantic(model, x, int(y), p, method=opts["method"],
+                                       max_param=rng if len(rng) > 1 else rng[0], n_splits=opts["n_splits"],
+                                       max_refine=opts["max_refine"], attack=opts["attack"],
+                                       attack_grid=opts["attack_grid"], attack_steps=opts["attack_steps"],
+                                       batch_size=batch_size, seed=opts["seed"], baseline=opts["baseline"],
+                                       margin_tol=opts["margin_tol"], alpha_iterations=opts["alpha_iterations"],
+                                       _model_net=model_net)
+                run.append(*rows_from_certificate(i, cert))
+                bar.update(1)
+    wanted = set(indices)
+    report = SemanticReport(tuple(r for r in SemanticReport.from_tsv(Path(out) / "rows.tsv").rows
+                                  if int(r["idx"]) in wanted), settings)
+    _render(report, Path(out), dataset, perturbations, plots)
+    return report
+
+
+def _complete_groups(run: Any, n_params: dict[str, int]) -> set[tuple[int, str]]:
+    """(idx, perturbation) pairs with all their rows; rows of incomplete pairs (a run killed between the two
+    rows of a two-parameter family) are dropped from the file."""
+    count: dict[tuple[int, str], int] = {}
+    for r in run.existing:
+        key = (int(r["idx"]), str(r["perturbation"]))
+        count[key] = count.get(key, 0) + 1
+    done = {key for key, c in count.items() if c == n_params.get(key[1], -1)}
+    keep = [r for r in run.existing if (int(r["idx"]), str(r["perturbation"])) in done]
+    if len(keep) != len(run.existing):
+        logger.warning("%s: dropping %d rows of incomplete examples", run.rows_path, len(run.existing) - len(keep))
+        run.rewrite(keep)
+    return done
+
+
+def _render(report: SemanticReport, out: Path, dataset: Any, perturbations: Sequence[Any], plots: bool) -> None:
+    atomic_write_json(out / "summary.json", report.summary())
+    method = report.settings.get("method")
+    base = report.settings.get("baseline")
+    atomic_write_text(out / "report.md", f"# Semantic verification ({method}"
+                      f"{'' if base is None else ', baseline ' + str(base)})\n\n" + report.to_markdown())
+    if plots and len(report):
+        report.plot(out / "semantic_accuracy.png")
+        report.plot_histogram(out / "semantic_ranges.png")
+        report.picture_grid(out / "semantic_examples.png", dataset, perturbations)
+

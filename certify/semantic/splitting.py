@@ -1,0 +1,136 @@
+"""Adaptive splitting of the parameter range: the largest interval (k = 1) or box scale (k = 2) around 0
+whose pieces all verify, bisecting failing pieces up to ``max_refine`` times."""
+from __future__ import annotations
+
+import torch
+
+from .bounds import _Bounder
+
+
+def certify_1d(bounder: _Bounder, lo: float, hi: float, *, n_splits: int, max_refine: int,
+                tol: float, pieces: list) -> tuple[float, float, int]:
+    """Largest [c_lo, c_hi] around 0 inside [lo, hi] whose pieces verify; returns (c_lo, c_hi, n_refined)."""
+    total = hi - lo
+    ends = {}
+    n_refined = 0
+    for sign, end in ((-1, lo), (1, hi)):
+        if end == 0.0:
+            ends[sign] = 0.0
+            continue
+        n_side = max(1, int(round(n_splits * abs(end) / total))) if total > 0 else 1
+        edges = torch.linspace(0.0, end, n_side + 1, dtype=torch.float64).tolist()
+        edges[-1] = end
+        side = [[edges[i], edges[i + 1], 0, None] for i in range(n_side)]   # inner, outer, depth, lb
+        _bound_side(bounder, side, pieces)
+        certified_to = end
+        while True:
+            first = next((i for i, p in enumerate(side) if p[3] <= tol), None)
+            if first is None:
+                break
+            inner, outer, depth, _ = side[first]
+            if depth >= max_refine:
+                certified_to = inner
+                break
+            # two bisection levels per round (4 sub-intervals in one call: a call costs much more
+            # than a row), one when only one level is left
+            levels = min(2, max_refine - depth)
+            cuts = torch.linspace(inner, outer, 2 ** levels + 1, dtype=torch.float64).tolist()
+            cuts[0], cuts[-1] = inner, outer
+            subs = [[a, b, depth + levels, None] for a, b in zip(cuts[:-1], cuts[1:])]
+            _bound_side(bounder, subs, pieces)
+            n_refined += 1
+            side[first:first + 1] = subs
+        ends[sign] = certified_to
+    return ends[-1], ends[1], n_refined
+
+
+def _bound_side(bounder: _Bounder, side: list, pieces: list) -> None:
+    lo = torch.tensor([[min(p[0], p[1])] for p in side], dtype=torch.float64)
+    hi = torch.tensor([[max(p[0], p[1])] for p in side], dtype=torch.float64)
+    lb = bounder.margins(lo, hi)
+    for p, a, b, v in zip(side, lo[:, 0].tolist(), hi[:, 0].tolist(), lb.tolist()):
+        p[3] = float(v)
+        pieces.append(((a,), (b,), float(v)))
+
+
+def certify_2d(bounder: _Bounder, ranges: tuple, *, n_splits: int, max_refine: int, tol: float,
+                pieces: list) -> tuple[float, int]:
+    """Largest scale s such that every cell of the box s * ranges verifies.
+
+    The box is grown ring by ring (annuli between scales j/m, m = n_splits // 2, each cut into grid
+    cells); a failing cell is quartered up to ``max_refine`` times; a ring that still fails is split
+    radially in two (up to ``max_refine`` times) so the certified scale is resolved to
+    1 / (m 2^max_refine)."""
+    m = max(1, n_splits // 2)
+    levels = [j / m for j in range(m + 1)]
+    n_refined = 0
+
+    def segments(i: int, sa: float, sb: float) -> tuple[list, list]:
+        lo_i, hi_i = ranges[i]
+        outer = []
+        if lo_i < 0:
+            outer.append((sb * lo_i, sa * lo_i))
+        if hi_i > 0:
+            outer.append((sa * hi_i, sb * hi_i))
+        if not outer:                       # degenerate axis: always 0
+            return [(0.0, 0.0)], []
+        if sa == 0:
+            return [], outer
+        pts = sorted({0.0, sa * lo_i, sa * hi_i} | {lv * lo_i for lv in levels if lv < sa}
+                     | {lv * hi_i for lv in levels if lv < sa})
+        inner = [(a, b) for a, b in zip(pts[:-1], pts[1:]) if b > a] or [(0.0, 0.0)]
+        return inner, outer
+
+    def annulus(sa: float, sb: float) -> list:
+        (in1, out1), (in2, out2) = segments(0, sa, sb), segments(1, sa, sb)
+        cells = []
+        for s1 in in1 + out1:
+            for s2 in in2 + out2:
+                if s1 in out1 or s2 in out2:
+                    cells.append(((s1[0], s2[0]), (s1[1], s2[1])))
+        return cells
+
+    def verified(sa: float, sb: float) -> bool:
+        nonlocal n_refined
+        cells = annulus(sa, sb)
+        lb = _bound_cells(bounder, cells, pieces)
+        failing = [c for c, v in zip(cells, lb) if v <= tol]
+        depth = 0
+        while failing and depth < max_refine:
+            depth += 1
+            n_refined += len(failing)
+            subs = [q for c in failing for q in _quarter(*c)]
+            sub_lb = _bound_cells(bounder, subs, pieces)
+            failing = [c for c, v in zip(subs, sub_lb) if v <= tol]
+        return not failing
+
+    certified = 0.0
+    queue = [(levels[j - 1], levels[j], 0) for j in range(1, m + 1)]
+    while queue:
+        sa, sb, depth = queue.pop(0)
+        if verified(sa, sb):
+            certified = sb
+            continue
+        if depth >= max_refine:
+            break
+        mid = (sa + sb) / 2
+        n_refined += 1
+        queue = [(sa, mid, depth + 1), (mid, sb, depth + 1)]
+    return certified, n_refined
+
+
+def _quarter(lo: tuple, hi: tuple) -> list[tuple[tuple, tuple]]:
+    splits = []
+    for a, b in zip(lo, hi):
+        mid = (a + b) / 2
+        splits.append([(a, mid), (mid, b)] if b > a else [(a, b)])
+    return [((s1[0], s2[0]), (s1[1], s2[1])) for s1 in splits[0] for s2 in splits[1]]
+
+
+def _bound_cells(bounder: _Bounder, cells: list, pieces: list) -> list[float]:
+    lo = torch.tensor([c[0] for c in cells], dtype=torch.float64)
+    hi = torch.tensor([c[1] for c in cells], dtype=torch.float64)
+    lb = bounder.margins(lo, hi).tolist()
+    for (a, b), v in zip(cells, lb):
+        pieces.append((tuple(a), tuple(b), float(v)))
+    return lb
