@@ -207,6 +207,9 @@ def _z1_of_z2(q, z2):
 
 
 def _slab_endpoints(p: np.ndarray, m: np.ndarray):
+    if p.size == 1:  # one slab (the radius searches): the same float operations on scalars, without array overhead
+        z2_s, z1_s = _slab_endpoints_scalar(float(p.reshape(-1)[0]), float(m.reshape(-1)[0]))
+        return np.full(p.shape, z2_s), np.full(p.shape, z1_s)
     q = 1.0 - p
     zc = _Phi_inv(p)  # Cohen's boundary
     thr = _phi(zc)
@@ -228,6 +231,50 @@ def _slab_endpoints(p: np.ndarray, m: np.ndarray):
     return z2, z1
 
 
+def _phi_scalar(x: float) -> float:
+    return float(np.exp(-0.5 * (x * x))) * _INV_SQRT_2PI
+
+
+def _z1_of_z2_scalar(q: float, z2: float) -> float:
+    return -float(_Phi_inv(max(q - float(_Phi(z2)), 1e-300)))
+
+
+def _slab_endpoints_scalar(p: float, m: float) -> tuple[float, float]:
+    """:func:`_slab_endpoints` for one (p, m), step for step (the same ufuncs on float64 scalars)."""
+    q = 1.0 - p
+    zc = float(_Phi_inv(p))
+    if m >= _phi_scalar(zc):
+        return -math.inf, zc
+    lo, hi = _Z_FAR, -zc
+    if _phi_scalar(lo) - _phi_scalar(_z1_of_z2_scalar(q, lo)) > -m:
+        return -math.inf, zc
+    for _ in range(110):
+        mid = 0.5 * (lo + hi)
+        if not lo < mid < hi:
+            break
+        if _phi_scalar(mid) - _phi_scalar(_z1_of_z2_scalar(q, mid)) <= -m:
+            lo = mid
+        else:
+            hi = mid
+    return lo, _z1_of_z2_scalar(q, lo)
+
+
+def _slab_radius_scalar(p: float, m: float) -> float:
+    """:func:`_slab_radius` for one (p, m), step for step."""
+    z2, z1 = _slab_endpoints_scalar(p, m)
+    lo = float(_Phi_inv(p))
+    hi = z1 if math.isfinite(z2) else lo
+    for _ in range(110):
+        mid = 0.5 * (lo + hi)
+        if not lo < mid < hi:
+            break
+        if float(_slab_value_minus_half(z2, z1, mid)) > _SLAB_ROUNDING:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
 def _slab_value_minus_half(z2, z1, r):
     # Phi(z1 - r) - Phi(z2 - r) - 1/2, accurate near 1/2
     return 0.5 * special.erf((z1 - r) / math.sqrt(2.0)) - _Phi(z2 - r)
@@ -242,6 +289,8 @@ _SLAB_ROUNDING = 8.0 * float(np.finfo(np.float64).eps)
 
 def _slab_radius(p: np.ndarray, m: np.ndarray) -> np.ndarray:
     """Vectorised core of :func:`l2_radius_first_order` for p > 1/2 (sigma units)."""
+    if p.size == 1:
+        return np.full(p.shape, _slab_radius_scalar(float(p.reshape(-1)[0]), float(m.reshape(-1)[0])))
     z2, z1 = _slab_endpoints(p, m)
     zc = _Phi_inv(p)
     lo = zc.copy()  # Cohen's radius is always certified (the slab is feasible for the zeroth-order LP)
