@@ -34,18 +34,18 @@ def _within_budget(failures: int, runs: int, alpha: float) -> bool:
     return stats.binomtest(failures, runs, alpha, alternative="greater").pvalue > 1e-3
 
 
-def _run(x, **kw) -> list[SmoothingCertificate]:
+def _run(x, n_estimate: int = 2000, **kw) -> list[SmoothingCertificate]:
     smooth = Smooth(linear, num_classes=2, sigma=SIGMA, input_range=None)
-    return [smooth.certify(x, n_select=10, n_estimate=2000, alpha=ALPHA, batch_size=50, seed=i, sequential=True, **kw)
-            for i in range(RUNS)]
+    return [smooth.certify(x, n_select=10, n_estimate=n_estimate, alpha=ALPHA, batch_size=500, seed=i,
+                           sequential=True, **kw) for i in range(RUNS)]
 
 
 def test_radius_mode_never_exceeds_the_exact_radius_beyond_alpha():
     d = 0.8416  # pA = 0.8
-    certs = _run(_point(d), radius_tol=0.01)
+    certs = _run(_point(d), n_estimate=1000, radius_tol=0.01)
     violations = sum(c.radius > d for c in certs)
     assert _within_budget(violations, RUNS, ALPHA)
-    assert all(c.n_used in check_schedule(2000).tolist() for c in certs)
+    assert all(c.n_used in check_schedule(1000).tolist() for c in certs)
     assert all(sum(c.counts) == c.n_used for c in certs)
     assert np.mean([c.radius for c in certs]) > 0.3  # it does certify something
 
