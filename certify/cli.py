@@ -28,6 +28,7 @@ COMMANDS = {
     "report": "report",
     "train": "train",
     "study": "study",
+    "transfer": "transfer",
 }
 
 

@@ -16,6 +16,10 @@ produced them. Row columns (``ROW_COLUMNS``):
 ``time``       seconds spent on the example
 =============  ===========================================================================
 
+Optional ``base_predict``: the base classifier's prediction on the clean input (``<NA>`` when unknown).
+It feeds the per-class diagnostics of :meth:`RadiusReport.per_class` (Mohapatra et al., "Hidden Cost
+of Randomized Smoothing", AISTATS 2021); rows files without it are read as before.
+
 Rows written by :func:`row_from_certificate` also have ``n_used``, the estimation samples the certificate
 drew (``n_estimate`` for fixed-n certificates, fewer when a sequential certificate stopped early); reports
 then show samples used (mean, median, max) and :meth:`RadiusReport.plot_samples` draws their ECDF.
@@ -136,8 +140,11 @@ def _norm_key(norm: str) -> str:
     return key
 
 
-def row_from_certificate(idx: int, label: int, cert: Any, time_s: float | None = None) -> dict:
+def row_from_certificate(idx: int, label: int, cert: Any, time_s: float | None = None, *,
+                         base_predict: int | None = None) -> dict:
     """One report row from a :class:`certify.smoothing.SmoothingCertificate`.
+
+    ``base_predict`` (optional): the base classifier's clean prediction, written to the ``base_predict`` column.
 
     ``correct`` is ``not cert.abstained and cert.label == label``. For first-order certificates the
     ``radius_<norm>`` columns come from ``cert.radii`` (0.0 for an abstained certificate whose
@@ -158,6 +165,10 @@ def row_from_certificate(idx: int, label: int, cert: Any, time_s: float | None =
         "correct": (not abstained) and predict == int(label),
         "time": float(cert.time_s if time_s is None else time_s),
     }
+    if base_predict is not None:
+        if isinstance(base_predict, bool) or not isinstance(base_predict, (int, np.integer)) or base_predict < 0:
+            raise ValueError(f"base_predict must be a class index >= 0 or None, got {base_predict!r}")
+        row["base_predict"] = int(base_predict)
     n_used = getattr(cert, "n_used", None) or getattr(cert, "n_estimate", None)
     if n_used is not None:
         row["n_used"] = int(n_used)
@@ -394,6 +405,138 @@ class RadiusReport:
             raise ValueError("abstain rate of an empty report is undefined")
         return float(self.rows["abstained"].to_numpy(dtype=bool).mean())
 
+    # ------------------------------------------------------------------ per class (hidden cost of smoothing)
+    def per_class(self, radii: Sequence[float] | None = None, norm: str = "l2", order: str = "best") -> dict:
+        """Per-class diagnostics of the smoothed classifier (Mohapatra et al., AISTATS 2021), JSON-ready.
+
+        For every class ``c`` (``0 .. num_classes - 1`` when known, else every class that occurs as a label
+        or prediction), over the rows labelled ``c``: ``n``, ``base_accuracy`` (base classifier's clean
+        prediction == label; None without a ``base_predict`` column), ``smoothed_accuracy`` (correct and not
+        abstained), ``abstain_rate``, ``certified_accuracy`` at ``radii`` (default :data:`DEFAULT_RADII` of
+        ``norm``) and ``acr``, and ``changed_fraction``: the fraction of rows with a known base prediction
+        whose smoothed output differs from it (an abstention counts as different). Values of a class with
+        no rows are None.
+
+        Also: ``disparity`` = max - min over classes with rows of the smoothed accuracy (``"smoothed"``), the
+        base accuracy (``"base"``) and the certified accuracy at each radius (``"certified"``);
+        ``changed_fraction`` over all rows; ``vanished_classes``: classes that occur as a label or base
+        prediction but that the smoothed classifier predicts (without abstaining) on no row, the footprint
+        of a decision region that smoothing removed. With few rows per class these are estimates; the
+        certified columns keep the report's 1 - alpha guarantee per row.
+        """
+        key = _norm_key(norm)
+        grid = tuple(float(r) for r in (DEFAULT_RADII.get(key, DEFAULT_RADII["l2"]) if radii is None else radii))
+        if len(self.rows) == 0:
+            raise ValueError("per-class statistics of an empty report are undefined")
+        label = self.rows["label"].to_numpy(dtype=np.int64)
+        abstained = self.rows["abstained"].to_numpy(dtype=bool)
+        ok = self._certified_mask()
+        pred = self.rows["predict"].fillna(-1).to_numpy(dtype=np.int64)
+        has_base = "base_predict" in self.rows.columns
+        base = self.rows["base_predict"].fillna(-1).to_numpy(dtype=np.int64) if has_base else np.full(len(label), -1)
+        known = base >= 0
+        r = np.where(ok, self.radii_for(key, order), 0.0)
+        smoothed_classes = set(pred[~abstained & (pred >= 0)].tolist())
+        occurring = set(label.tolist()) | set(base[known].tolist())
+        declared = set(range(int(self.num_classes))) if self.num_classes else set()
+        classes = sorted(occurring | smoothed_classes | declared)
+        per = []
+        for c in classes:
+            m = label == c
+            n = int(m.sum())
+            mk = m & known
+            entry: dict[str, Any] = {"class": int(c), "n": n}
+            if n == 0:
+                entry.update(base_accuracy=None, smoothed_accuracy=None, abstain_rate=None,
+                             certified_accuracy=[None] * len(grid), acr=None, changed_fraction=None)
+            else:
+                entry.update(
+                    base_accuracy=float((base[mk] == c).mean()) if mk.any() else None,
+                    smoothed_accuracy=float(ok[m].mean()), abstain_rate=float(abstained[m].mean()),
+                    certified_accuracy=[float((ok[m] & (r[m] >= g)).mean()) for g in grid],
+                    acr=float(r[m].mean()),
+                    changed_fraction=float((abstained[mk] | (pred[mk] != base[mk])).mean()) if mk.any() else None)
+            per.append(entry)
+
+        def spread(values: list) -> float | None:
+            vals = [v for v in values if v is not None]
+            return float(max(vals) - min(vals)) if vals else None
+
+        live = [e for e in per if e["n"] > 0]
+        changed = float((abstained[known] | (pred[known] != base[known])).mean()) if known.any() else None
+        return {
+            "norm": key, "order": order, "radii": list(grid), "has_base_predict": bool(has_base and known.any()),
+            "classes": per,
+            "disparity": {"smoothed": spread([e["smoothed_accuracy"] for e in live]),
+                          "base": spread([e["base_accuracy"] for e in live]),
+                          "certified": [spread([e["certified_accuracy"][i] for e in live]) for i in range(len(grid))]},
+            "changed_fraction": changed,
+            "vanished_classes": sorted(int(c) for c in occurring - smoothed_classes),
+        }
+
+    def per_class_markdown(self, radii: Sequence[float] | None = None, norm: str = "l2") -> str:
+        """The :meth:`per_class` table as Markdown (a section of :meth:`to_markdown`)."""
+        pc = self.per_class(radii, norm)
+
+        def f(v: Any, fmt: str = ".3f") -> str:
+            return "-" if v is None else format(v, fmt)
+
+        grid = pc["radii"]
+        lines = ["## Per class (hidden cost of smoothing)", "",
+                 "| class | n | base acc | smoothed acc | abstain | "
+                 + " | ".join(f"cert r={g:g}" for g in grid) + " | ACR | differs from base |",
+                 "|---|" + "---|" * (len(grid) + 6)]
+        for e in pc["classes"]:
+            lines.append(f"| {e['class']} | {e['n']} | {f(e['base_accuracy'])} | {f(e['smoothed_accuracy'])} | "
+                         f"{f(e['abstain_rate'])} | " + " | ".join(f(v) for v in e["certified_accuracy"])
+                         + f" | {f(e['acr'], '.4f')} | {f(e['changed_fraction'])} |")
+        d = pc["disparity"]
+        lines += ["", f"- disparity (max - min class accuracy): smoothed {f(d['smoothed'])}, base {f(d['base'])}, "
+                      f"certified at r={grid[0]:g} {f(d['certified'][0])}",
+                  f"- fraction of examples whose smoothed prediction differs from the base prediction "
+                  f"(abstentions included): {f(pc['changed_fraction'])}"]
+        if pc["vanished_classes"]:
+            lines.append(f"- **vanished classes** (labels or base predictions never predicted by the smoothed "
+                         f"classifier): {pc['vanished_classes']}")
+        return "\n".join(lines) + "\n"
+
+    def plot_per_class(self, path: str | os.PathLike, *, radius: float | None = None, norm: str = "l2",
+                       dpi: int = 120) -> Path:
+        """Bar chart per class: base accuracy, smoothed accuracy and certified accuracy at ``radius``
+        (default: the second radius of the default grid), with the disparity in the title."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        key = _norm_key(norm)
+        grid = DEFAULT_RADII.get(key, DEFAULT_RADII["l2"])
+        rad = float(grid[1] if radius is None else radius)
+        pc = self.per_class((rad,), key)
+        classes = [e for e in pc["classes"] if e["n"] > 0]
+        x = np.arange(len(classes))
+        fig = Figure(figsize=(max(5.0, 0.6 * len(classes) + 2), 3.6))
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot(1, 1, 1)
+        series = [("base", [e["base_accuracy"] for e in classes]),
+                  ("smoothed", [e["smoothed_accuracy"] for e in classes]),
+                  (f"certified r={rad:g}", [e["certified_accuracy"][0] for e in classes])]
+        for k, (lab, vals) in enumerate(series):
+            ax.bar(x + (k - 1) * 0.27, [np.nan if v is None else v for v in vals], width=0.27, label=lab)
+        ax.set_xticks(x)
+        ax.set_xticklabels([str(e["class"]) + (" (vanished)" if e["class"] in pc["vanished_classes"] else "")
+                            for e in classes], fontsize=7, rotation=30)
+        ax.set_ylim(0, 1.02)
+        ax.set_ylabel("accuracy")
+        d = pc["disparity"]["smoothed"]
+        ax.set_title(f"{self.label_text()}: per-class accuracy (smoothed disparity {'-' if d is None else f'{d:.3f}'})",
+                     fontsize=9)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3, axis="y")
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=dpi)
+        return path
+
     def _curve_norms(self) -> list[tuple[str, list[str]]]:
         """(norm, orders) pairs that summaries and plots show."""
         if not self.first_order:
@@ -436,6 +579,7 @@ class RadiusReport:
             "mean_time_s": float(np.nanmean(times)) if len(times) else float("nan"),
             **({"samples_used": self.samples_used()} if "n_used" in self.rows.columns else {}),
             "norms": norms,
+            "per_class": self.per_class(grids["l2"], "l2") if len(self.rows) else None,
         }
 
     def samples_used(self) -> dict:
@@ -483,6 +627,8 @@ class RadiusReport:
                 if order in entry:
                     accs = " | ".join(f"{a:.3f}" for a in entry[order]["certified_accuracy"])
                     lines.append(f"| {order} | {accs} | {entry[order]['acr']:.4f} |")
+        if s["n_examples"]:
+            lines += ["", self.per_class_markdown(s["norms"].get("l2", {}).get("radii")).rstrip("\n")]
         return "\n".join(lines) + "\n"
 
     def to_tsv(self, path: str | os.PathLike, *, format: str = "certify") -> Path:
@@ -695,6 +841,25 @@ def _from_hoc(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     return out
 
 
+def _optional_int_column(series: pd.Series, name: str) -> Any:
+    """Integers or NA (``None``, ``pd.NA``, NaN, "NA", "") as a pandas Int64 array."""
+    values = pd.to_numeric(series.map(lambda t: None if (t is None or t is pd.NA or t in ("NA", "")) else t),
+                           errors="coerce")
+    raw_missing = series.map(lambda t: t is None or t is pd.NA or t in ("NA", "") or
+                             (isinstance(t, float) and math.isnan(t)))
+    if (values.isna() & ~raw_missing).any() or (values.dropna() != values.dropna().round()).any():
+        raise ValueError(f"column {name!r} must hold integers or NA")
+    return pd.array(values.to_numpy(dtype=float), dtype="Float64").astype("Int64")
+
+
+def _raw_column(series: pd.Series, name: str) -> np.ndarray:
+    return series.to_numpy()
+
+
+# optional columns with a fixed type (read from any rows file that has them)
+_EXTRA_COLUMN_TYPES = {"base_predict": _optional_int_column}
+
+
 def _normalise_frame(rows: Any) -> pd.DataFrame:
     if isinstance(rows, pd.DataFrame):
         frame = rows.copy()
@@ -749,7 +914,7 @@ def _normalise_frame(rows: Any) -> pd.DataFrame:
         if _FIRST_ORDER_RE.match(col) or col in ("count",) or col.startswith("hoc_"):
             out[col] = as_float(col)
         else:
-            out[col] = frame[col].to_numpy()
+            out[col] = _EXTRA_COLUMN_TYPES.get(col, _raw_column)(frame[col], col)
     radius_cols = ["radius"] + [c for c in out.columns if _FIRST_ORDER_RE.match(c)]
     for col in radius_cols:
         v = out[col].to_numpy(dtype=float)

@@ -1,4 +1,4 @@
-"""docs/your_own_model.md (the README's "Your own model" section) runs as written, in order, in an empty folder.
+"""The README's "Your own model" section runs as written, in order, in an empty folder.
 
 Blocks: ```python file=NAME``` writes NAME; ```python``` is executed (one namespace per block); ```bash``` holds
 ``certify ...`` commands (``\\`` continues a line; a leading ``PYTHONPATH=.`` is the folder itself, which is on
@@ -14,12 +14,21 @@ import pytest
 
 from certify import cli
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "your_own_model.md"
+README = Path(__file__).resolve().parents[1] / "README.md"
+SECTION = "## Your own model\n"
+
+
+def section() -> str:
+    """The README's "Your own model" section (up to the next second-level heading)."""
+    text = README.read_text()
+    start = text.index(SECTION)
+    end = text.find("\n## ", start + len(SECTION))
+    return text[start:] if end < 0 else text[start:end]
 FENCE = re.compile(r"^```(\w+)([^\n]*)\n(.*?)^```", re.S | re.M)
 
 
 def blocks() -> list[tuple[str, str, str]]:
-    return [(m.group(1), m.group(2).strip(), m.group(3)) for m in FENCE.finditer(DOC.read_text())]
+    return [(m.group(1), m.group(2).strip(), m.group(3)) for m in FENCE.finditer(section())]
 
 
 def commands(script: str) -> list[list[str]]:
@@ -38,7 +47,7 @@ def commands(script: str) -> list[list[str]]:
 def test_the_doc_has_every_part():
     kinds = [(k, info) for k, info, _ in blocks()]
     assert ("python", "file=my_net.py") in kinds and ("bash", "") in kinds
-    text = DOC.read_text()
+    text = section()
     for needle in ("state_dict", ".npz", "image folder", "--mean", "Normalized", "torchvision:resnet18",
                    "--arch-kwargs", "class_to_idx"):
         assert needle in text, needle
@@ -65,7 +74,7 @@ def _run_blocks(tmp_path: Path) -> int:
         if kind == "python" and info.startswith("file="):
             (tmp_path / info[len("file="):]).write_text(body)
         elif kind == "python":
-            exec(compile(body, f"{DOC.name} block", "exec"), {"__name__": "__doc_block__"})  # noqa: S102
+            exec(compile(body, "README your-own-model block", "exec"), {"__name__": "__doc_block__"})  # noqa: S102
         elif kind == "bash":
             for argv in commands(body):
                 assert cli.main(["-q", *argv]) == 0, argv

@@ -545,3 +545,77 @@ def test_custom_grids_keep_summary_and_files_working(tmp_path):
     r.plot(tmp_path / "r.png")
     with pytest.raises(ValueError, match="raw-data curve is 0"):
         r.score(0.0, 0.95)
+
+
+# --------------------------------------------------------------------------------------------
+# tests that fail on specific implementation mistakes
+# --------------------------------------------------------------------------------------------
+class _Diagonal(nn.Module):
+    """h = diag(d) x: anisotropic features on which the eps-robust probe differs from plain LDA."""
+
+    def __init__(self, d: torch.Tensor):
+        super().__init__()
+        self.register_buffer("d", d)
+
+    def forward(self, x):
+        return x.flatten(1).double() * self.d
+
+
+def test_eps_changes_the_probe_on_anisotropic_features():
+    # Features N(y D mu, D^2) with D = diag(logspace(-1, 1)): the population eps-robust Bayes classifier
+    # w = (D^2 + gamma I)^-1 D mu has clean accuracy Phi(w^T m / sqrt(w^T D^2 w)), well below the LDA
+    # accuracy Phi(s) (0.74 vs 0.84 at s = 1, eps = 0.3). Measured accuracies sit within 0.012 of the
+    # closed form (binomial sd <= 0.011 for 2048 test points); we allow 0.04. An evaluate() that ignores
+    # eps would report the eps = 0 accuracies, 0.07 - 0.11 away at s = 1, 1.5, 2.
+    d = torch.logspace(-1, 1, D, dtype=torch.float64)
+    seps = (0.5, 1.0, 1.5, 2.0, 3.0)
+    eps = (0.0, 0.3, 0.6)
+    r = sb.evaluate(_Diagonal(d), SHAPE, eps, separations=seps, n_train=2048, n_test=2048, seed=0, verbose=False)
+    dn = d.numpy()
+    for k, s in enumerate(seps):
+        m = dn * s / math.sqrt(D)
+        cov = np.diag(dn ** 2)
+        for i, e in enumerate(eps):
+            w = gm.robust_bayes_linear(m, cov, e * np.linalg.norm(m)).w
+            expect = stats.norm.cdf(w @ m / math.sqrt(w @ cov @ w))
+            assert abs(r.accuracy[i][k] - expect) < 0.04, (s, e, r.accuracy[i][k], expect)
+    assert all(g > 0 for g in r.gamma[1]) and all(g > 0 for g in r.gamma[2])
+    # the robust probes trade accuracy for larger normalised margins: the score moves with eps
+    assert r.score(0.3, 0.6) < r.score(0.0, 0.6) - 0.05
+
+
+@pytest.mark.parametrize("factor", [1e-3, 1e3])
+def test_scale_invariance_needs_a_relative_eigenvalue_cutoff(identity_result, factor):
+    # features x * factor: covariance eigenvalues ~ factor^2 (1e-6 at factor 1e-3, at the default
+    # eig_tol). A relative cutoff keeps all 16 directions and every number equals the identity's to
+    # round-off; an absolute cutoff of 1e-6 drops directions at 1e-3 and changes the score.
+    enc = nn.Sequential(nn.Flatten(), nn.Linear(D, D, bias=False).double())
+    with torch.no_grad():
+        enc[1].weight.copy_(factor * torch.eye(D, dtype=torch.float64))
+    r = sb.evaluate(enc, SHAPE, (0.0, 0.2), seed=0, verbose=False)
+    assert set(r.rank) == {D}
+    assert r.accuracy == identity_result.accuracy
+    np.testing.assert_allclose(r.margin, identity_result.margin, rtol=1e-9)
+    for e in (0.0, 0.2):
+        assert r.score(e, 0.7) == pytest.approx(identity_result.score(e, 0.7), abs=1e-9)
+
+
+@pytest.mark.parametrize("a_t,denominator", [(0.6, 85.8304), (0.7, 59.6211), (0.8, 36.4201), (0.9, 15.9132),
+                                             (0.99, 0.9804)])
+def test_raw_curve_denominators_are_pinned(a_t, denominator):
+    # sum over the official grid (100 points in [0.6, 1]) of E_raw(a) for a >= a_T, with 49 separations
+    ref = sb.reference_curve()
+    e, g = np.asarray(ref.expected_bound), np.asarray(ref.a_grid)
+    assert e[g >= a_t - 1e-12].sum() == pytest.approx(denominator, abs=1e-4)
+    # the score divides by exactly this number
+    ones = np.ones_like(e)
+    assert sb.synbench_score(ones, e, g, a_t) == pytest.approx(int((g >= a_t - 1e-12).sum()) / denominator,
+                                                               rel=1e-5)
+
+
+def test_expected_margin_at_unit_separation_is_pinned():
+    # B(s = 1) = 1 + phi(1) / (Phi(1) * 1) = 1.28760
+    ref = sb.reference_curve()
+    assert ref.separations[9] == 1.0
+    assert ref.margin[9] == pytest.approx(1.2876, abs=1e-4)
+    assert float(gm.margin_from_separation(1.0)) == pytest.approx(1.2876, abs=1e-4)
