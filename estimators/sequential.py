@@ -17,8 +17,8 @@ data-dependent time tau: P(p < lower_tau) <= alpha still holds (optional stoppin
 * :func:`scheduled_clopper_pearson`: exact Clopper-Pearson bounds at level alpha / n_checks, valid
   simultaneously over any set of at most ``n_checks`` sample counts fixed in advance (union bound), e.g. the
   geometric schedule of :func:`check_schedule`. With a known maximum n (``n_estimate``) this is tighter than
-  the mixture (Voracek, NeurIPS 2024, "Treatment of statistical estimation problems in randomized smoothing",
-  compares such constructions); ``Smooth.certify(sequential=True)`` uses it. Between two checks the last
+  the mixture for the sample sizes of randomized smoothing (Voracek, NeurIPS 2024, studies confidence sequences
+  for randomized smoothing); ``Smooth.certify(sequential=True)`` uses it. Between two checks the last
   checked bound is carried forward, which keeps it a CS for every n.
 
 :func:`stop_decision` is the pure stop rule used by sequential certification (decision mode with a target
