@@ -20,9 +20,10 @@ Optional ``base_predict``: the base classifier's prediction on the clean input (
 It feeds the per-class diagnostics of :meth:`RadiusReport.per_class` (Mohapatra et al., "Hidden Cost
 of Randomized Smoothing", AISTATS 2021); rows files without it are read as before.
 
-Rows written by :func:`row_from_certificate` also have ``n_used``, the estimation samples the certificate
-drew (``n_estimate`` for fixed-n certificates, fewer when a sequential certificate stopped early); reports
-then show samples used (mean, median, max) and :meth:`RadiusReport.plot_samples` draws their ECDF.
+Rows of sequential certificates (``Smooth.certify(sequential=True)``) also have ``n_used``, the estimation
+samples drawn before sampling stopped (at most ``n_estimate``; fixed-n rows omit it: they all used
+``n_estimate``); reports then show samples used (mean, median, max) and :meth:`RadiusReport.plot_samples`
+draws their ECDF.
 
 First-order runs (Mohapatra et al. 2020) add ``radius_l2``, ``radius_l1``, ``radius_linf`` and
 ``radius_channel_<k>`` (l2 radius of perturbations confined to colour channel k).
@@ -169,9 +170,8 @@ def row_from_certificate(idx: int, label: int, cert: Any, time_s: float | None =
         if isinstance(base_predict, bool) or not isinstance(base_predict, (int, np.integer)) or base_predict < 0:
             raise ValueError(f"base_predict must be a class index >= 0 or None, got {base_predict!r}")
         row["base_predict"] = int(base_predict)
-    n_used = getattr(cert, "n_used", None) or getattr(cert, "n_estimate", None)
-    if n_used is not None:
-        row["n_used"] = int(n_used)
+    if bool(getattr(cert, "sequential", False)):  # fixed-n rows keep their columns (n_used would be n_estimate)
+        row["n_used"] = int(cert.n_used)
     if bool(getattr(cert, "first_order", False)):
         radii = dict(cert.radii or {})
         if not radii and not abstained:

@@ -35,14 +35,18 @@ def test_sequential_run_records_samples_used(tmp_path, capsys):
     assert "target_radius" in capsys.readouterr().err
 
 
-def test_fixed_run_has_n_used_equal_to_n_estimate(tmp_path):
+def test_fixed_run_keeps_its_columns(tmp_path):
+    # fixed-n rows have no n_used column (every row used n_estimate), so runs written before it still resume
     out = tmp_path / "fixed"
     assert cli.main(_args(out, "--n-estimate", "200", "--max", "2")) == 0
     rows = pd.read_csv(out / "rows.tsv", sep="\t")
-    assert (rows["n_used"] == 200).all()
+    assert "n_used" not in rows.columns
     assert "sequential" not in json.loads((out / "run.json").read_text())
-    rep = RadiusReport.from_tsv(out / "rows.tsv")
-    assert rep.samples_used()["mean"] == 200.0
+    assert "samples_used" not in json.loads((out / "summary.json").read_text())
+    with pytest.raises(ValueError, match="n_used"):
+        RadiusReport.from_tsv(out / "rows.tsv").samples_used()
+    assert cli.main(_args(out, "--n-estimate", "200", "--max", "3")) == 0
+    assert len(pd.read_csv(out / "rows.tsv", sep="\t")) == 3
 
 
 @pytest.mark.parametrize("change, name", [
