@@ -121,7 +121,8 @@ class SmoothingCertificate:
       label: the class selected with n_select samples (lowest index among ties); certified only when
         ``abstained`` is False.
       abstained: True when p_lower <= 1/2 (nothing can be certified).
-      p_lower: one-sided Clopper-Pearson lower bound on pA at level ``alpha_split["p_lower"]``.
+      p_lower: one-sided Clopper-Pearson lower bound on pA at level ``alpha_split["p_lower"]`` (sequential: at
+        level alpha / J at the check where sampling stopped; fails with probability <= alpha over all J checks).
       radius: zeroth-order l2 radius sigma * Phi^-1(p_lower) (Cohen); 0.0 when abstained. In a first-order
         certificate p_lower uses only part of alpha (``alpha_split["p_lower"]`` = alpha / 2), so this radius is
         somewhat smaller than a plain zeroth-order certificate at the same alpha; ``radii["l2"] >= radius``.
