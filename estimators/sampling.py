@@ -55,9 +55,10 @@ class _NoiseBatches:
     """Consecutive (z, x + sigma z) batches of sizes ``sizes`` = bs, bs, ..., (rest), drawn from ``generator`` in
     order; the sum is formed in x's dtype and rounded once to ``input_dtype``.
 
-    Two buffer pairs alternate. With ``overlap`` a single helper thread draws batch i + 1 into the other pair
-    while the caller uses batch i; the caller must be done with a batch when it asks for the next one. The
-    generator is used by one thread at a time, in batch order, so the stream is the same with or without it.
+    Two buffer pairs alternate. With ``overlap`` a single helper thread draws the noise of batch i + 1 into the
+    other pair while the caller uses batch i (the sum x + sigma z is formed in the caller's thread); the caller
+    must be done with a batch when it asks for the next one. The generator is used by one thread at a time, in
+    batch order, so the stream is the same with or without it.
     Use as a context manager (the helper thread is shut down on exit).
     """
 
@@ -74,26 +75,25 @@ class _NoiseBatches:
         self._next = 0
         self._pending = None
 
-    def _fill(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        slot = i % len(self.noise)
-        b = self.sizes[i]
+    def _draw(self, i: int) -> torch.Tensor:
+        """Noise of batch i (the helper thread's only job: ``normal_`` is a serial kernel, no thread team)."""
         with torch.inference_mode():  # thread-local: the helper thread needs it too (buffers may be inference tensors)
-            z = self.noise[slot][:b]
-            z.normal_(generator=self.generator)
-            batch = torch.add(self.x, z, alpha=self.sigma, out=self.inputs[slot][:b])
-            if self.input_dtype != self.x.dtype:  # round the float32 sum once to the classifier's dtype
-                batch = batch.to(self.input_dtype)
-            return z, batch
+            return self.noise[i % len(self.noise)][:self.sizes[i]].normal_(generator=self.generator)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The next (z, batch); with overlap, also starts drawing the one after it."""
+        """The next (z, x + sigma z); with overlap, also starts drawing the noise after it."""
         i = self._next
         self._next += 1
         if self.pool is None:
-            return self._fill(i)
-        pending = self._pending if self._pending is not None else self.pool.submit(self._fill, i)
-        z, batch = pending.result()
-        self._pending = self.pool.submit(self._fill, i + 1) if i + 1 < len(self.sizes) else None
+            z = self._draw(i)
+        else:
+            pending = self._pending if self._pending is not None else self.pool.submit(self._draw, i)
+            z = pending.result()
+            self._pending = self.pool.submit(self._draw, i + 1) if i + 1 < len(self.sizes) else None
+        with torch.inference_mode():
+            batch = torch.add(self.x, z, alpha=self.sigma, out=self.inputs[i % len(self.inputs)][:z.shape[0]])
+            if self.input_dtype != self.x.dtype:  # round the float32 sum once to the classifier's dtype
+                batch = batch.to(self.input_dtype)
         return z, batch
 
     def __enter__(self) -> "_NoiseBatches":
