@@ -27,8 +27,8 @@ the caller) and consumed batch by batch (``normal_`` on a (B, *S) buffer). On CP
 drawn by one helper thread while the classifier evaluates the current batch (``overlap``; two buffer pairs
 alternate); the helper consumes the generator in the same batch order, so the noise is identical either way.
 Results are identical for the same (seed, n, batch_size, input, device type, torch version); a different
-batch_size changes how the generator's stream is cut into batches and therefore the noise. Scores are computed under ``torch.inference_mode``.
-The classifier's train/eval mode is NOT changed here (``certify.smoothing.Smooth`` handles that).
+batch_size changes how the generator's stream is cut into batches and therefore the noise. Scores are
+computed under ``torch.inference_mode``. The classifier's train/eval mode is NOT changed here (``certify.smoothing.Smooth`` handles that).
 """
 from __future__ import annotations
 
