@@ -28,7 +28,8 @@ drawn by one helper thread while the classifier evaluates the current batch (``o
 alternate); the helper consumes the generator in the same batch order, so the noise is identical either way.
 Results are identical for the same (seed, n, batch_size, input, device type, torch version); a different
 batch_size changes how the generator's stream is cut into batches and therefore the noise. Scores are
-computed under ``torch.inference_mode``. The classifier's train/eval mode is NOT changed here (``certify.smoothing.Smooth`` handles that).
+computed under ``torch.inference_mode``. The classifier's train/eval mode is NOT changed here
+(``certify.smoothing.Smooth`` handles that).
 """
 from __future__ import annotations
 
