@@ -305,6 +305,15 @@ def test_tiny_study_writes_report_results_plots_and_passes_its_checks(tiny_study
                     "## Consistency checks", "## Time per stage", "## Reproduce"):
         assert heading in text, heading
     assert "n = 8 test images" in text and "little power" in text
+    assert "certify.hidden_cost.sigma_sweep(" in text and "certify.transfer.transfer_bounds(" in text
+    # every Markdown table keeps its column count (no cell may contain a bare '|')
+    table: list[int] = []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            table.append(line.count("|"))
+        elif table:
+            assert len(set(table)) == 1, table
+            table = []
     assert "certify.certify_dataset(" in text and "seed=0" in text
     for png in ("certified_accuracy.png", "synbench_vs_probe.png", "semantic_ranges.png", "hidden_cost_disparity.png"):
         assert (out / "plots" / png).stat().st_size > 1000
@@ -430,7 +439,8 @@ def test_hidden_cost_and_transfer_settings_are_checked():
     cfg = study.StudyConfig(**base, transfer_models=())
     assert cfg.models_for("transfer") == () and cfg.models_for("hidden_cost") == ("m",)
     q = study.quick_config()
-    assert q.models_for("hidden_cost") == ("clean", "noise-0.25") and q.n_hidden_cost == 20
+    assert q.models_for("hidden_cost") == ("clean", "noise-0.12", "noise-0.25", "noise-0.50")
+    assert q.n_hidden_cost == 20 and q.models_for("transfer") == ("clean", "noise-0.25", "fgsm", "pgd", "adv-ft")
     assert set(study.full_config().models_for("transfer")) == {"clean", "noise-0.25", "fgsm", "pgd", "adv-ft"}
 
 
@@ -518,4 +528,14 @@ def test_certify_study_quick_cli(tmp_path, capsys):
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["status"] == "complete" and data["consistency"]["violations"] == 0
     assert len(data["models"]) == 7 and data["correlation"]["main"]["n"] == 7
+    stages = {n: study.ModelStages.from_dict(m) for n, m in data["models"].items()}
+    assert sorted(n for n, st in stages.items() if st.hidden_cost) == ["clean", "noise-0.12", "noise-0.25",
+                                                                         "noise-0.50"]
+    assert sorted(n for n, st in stages.items() if st.transfer) == ["adv-ft", "clean", "fgsm", "noise-0.25", "pgd"]
+    for st in stages.values():
+        if st.hidden_cost:
+            assert [r.sigma for r in st.hidden_cost.rows] == [0.0, 0.12, 0.25, 0.5] and st.hidden_cost.n == 20
+        if st.transfer:
+            assert all(r.ok and r.certified_box <= r.pgd_robust_accuracy for r in st.transfer.rows)
+    assert (tmp_path / "plots" / "hidden_cost_disparity.png").is_file()
     assert "Spearman rho" in printed

@@ -438,7 +438,7 @@ def _transfer(v: ReportView) -> list[str]:
                  f"task-independent form) / box. PGD ({st.pgd_steps} steps, {st.pgd_restarts} start(s)) on the "
                  "composed model gives an upper bound on robust accuracy on the same examples.")
     header = ["model", "l-inf eps", "n", "probe train acc", "probe test acc", "certified logit / pairwise / box",
-              "PGD robust acc", "mean CE (clean)", "loss bound Lipschitz / box", "median Delta", "||W||_2"]
+              "PGD robust acc", "mean CE (clean)", "loss bound Lipschitz / box", "median Delta", "spectral norm of W"]
     return lines + [""] + _table(header, [_transfer_row(n, t, r) for n, t in done for r in t.rows])
 
 
