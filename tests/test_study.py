@@ -440,7 +440,7 @@ def test_hidden_cost_and_transfer_settings_are_checked():
     assert cfg.models_for("transfer") == () and cfg.models_for("hidden_cost") == ("m",)
     q = study.quick_config()
     assert q.models_for("hidden_cost") == ("clean", "noise-0.12", "noise-0.25", "noise-0.50")
-    assert q.n_hidden_cost == 20 and q.models_for("transfer") == ("clean", "noise-0.25", "fgsm", "pgd", "adv-ft")
+    assert q.n_hidden_cost == 100 and q.models_for("transfer") == ("clean", "noise-0.25", "fgsm", "pgd", "adv-ft")
     assert set(study.full_config().models_for("transfer")) == {"clean", "noise-0.25", "fgsm", "pgd", "adv-ft"}
 
 
@@ -534,7 +534,7 @@ def test_certify_study_quick_cli(tmp_path, capsys):
     assert sorted(n for n, st in stages.items() if st.transfer) == ["adv-ft", "clean", "fgsm", "noise-0.25", "pgd"]
     for st in stages.values():
         if st.hidden_cost:
-            assert [r.sigma for r in st.hidden_cost.rows] == [0.0, 0.12, 0.25, 0.5] and st.hidden_cost.n == 20
+            assert [r.sigma for r in st.hidden_cost.rows] == [0.0, 0.12, 0.25, 0.5] and st.hidden_cost.n == 100
         if st.transfer:
             assert all(r.ok and r.certified_box <= r.pgd_robust_accuracy for r in st.transfer.rows)
     assert (tmp_path / "plots" / "hidden_cost_disparity.png").is_file()

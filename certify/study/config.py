@@ -360,7 +360,7 @@ class StudyConfig:
 def quick_config(seed: int = 0) -> StudyConfig:
     """The CI-sized study: all 7 models (the 4 trained ones on the first 6,000 training images for one
     epoch, PGD with 3 steps), fewer examples and samples in every stage than :func:`full_config`; the
-    sigma sweep on 20 images (500 noise samples per prediction), the robustness transfer on 20 images
+    sigma sweep on 100 images (500 noise samples per prediction), the robustness transfer on 20 images
     (probe on 1,000 training images), on the same models as :func:`full_config`.
 
     ``results.json`` records the measured time of every stage.
@@ -376,7 +376,7 @@ def quick_config(seed: int = 0) -> StudyConfig:
         n_semantic=3, semantic_grid=101, semantic_kwargs={"attack_grid": 401, "attack_steps": 10},
         synbench_separations=tuple(round(0.2 * k, 1) for k in range(1, 25)), synbench_n_train=512,
         synbench_n_test=512, probe_n_train=2000, probe_n_test=1000, probe_max_iter=150,
-        hidden_cost_models=("clean", "noise-0.12", "noise-0.25", "noise-0.50"), n_hidden_cost=20,
+        hidden_cost_models=("clean", "noise-0.12", "noise-0.25", "noise-0.50"), n_hidden_cost=100,
         hidden_cost_n_estimate=500,
         transfer_models=("clean", "noise-0.25", "fgsm", "pgd", "adv-ft"), n_transfer=20,
         transfer_eps=(1 / 255, 2 / 255), transfer_probe_n_train=1000,
