@@ -1,6 +1,7 @@
 # Two entry points for a fresh machine (Python 3.11):
 #   make demo   set everything up, then certify Fashion-MNIST test images with the shipped smoothed CNN
 #   make test   set everything up, then run the default test suite
+#   make test-slow-quick   the quick study end to end and the Ray determinism/fault-tolerance tests (CI runs it)
 # Re-running either on a prepared machine skips the install (stamp file in .venv).
 
 PYTHON ?= python3
@@ -10,13 +11,19 @@ STAMP  := $(VENV)/.certify-installed
 FMNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint install data study zoo clean-venv
+.PHONY: demo test test-slow-quick lint install data study zoo clean-venv
 
 demo: install data
 	$(VENV)/bin/certify demo --out runs/demo
 
 test: install data
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# the quick study end to end (the slow-marked quick test), as CI runs it after make test; one thread for every
+# pool, so the run is reproducible and a busy machine cannot oversubscribe it
+test-slow-quick: install data
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m slow tests/test_study.py -k quick $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m slow tests/test_distributed.py $(PYTEST_ARGS)
 
 # ruff (pyproject.toml: pyflakes, pycodestyle, isort, bugbear subset, complexity <= 15, no print in library code)
 # and mypy on the two independent packages
@@ -41,7 +48,7 @@ install: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q --upgrade pip setuptools wheel
-	$(PY) -m pip install --disable-pip-version-check -q -e '.[test,lint]'
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[test,lint,ray]'
 	# auto_LiRPA 0.3's metadata pins torch<1.13; its runtime deps are in install_requires above.
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps auto-LiRPA==0.3
 	$(PY) -c "import certify, semantic_layers, estimators; from certify.lirpa import _lirpa; _lirpa()"

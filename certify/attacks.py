@@ -39,6 +39,7 @@ from torch import nn
 from certify._checks import check_bool, check_choice, check_float, check_int
 from certify._modes import eval_mode as _eval_mode
 from certify._progress import track
+from certify.devices import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +115,15 @@ def _check_inputs(x: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor]:
     if bool((y < 0).any()):
         raise ValueError("y must contain non-negative class indices")
     return x, y.detach().to(device=x.device, dtype=torch.int64)
+
+
+def _on_device(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, y) on ``device`` with the model moved there too; unchanged when ``device`` is None."""
+    dev = resolve_device(device)
+    if dev is None:
+        return x, y
+    model.to(dev)
+    return x.to(dev), y.to(dev)
 
 
 def _check_labels_fit(y: torch.Tensor, num_classes: int) -> None:
@@ -419,7 +429,7 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attac
                     norm: str = "linf", batch_size: int = 256, steps: int | None = None,
                     step_size: float | None = None, restarts: int | None = None, random_start: bool | None = None,
                     seed: int = 0, loss: str = "ce", keep_adversarial: bool = False,
-                    verbose: bool = True) -> AttackResult:
+                    verbose: bool = True, device: str | torch.device | None = None) -> AttackResult:
     """Clean and empirical robust accuracy of ``model`` under FGSM or PGD at radius ``eps``.
 
     Only clean-correct examples are attacked. A success is counted only after the model, re-run (under
@@ -429,6 +439,8 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attac
 
     ``steps`` (default 10), ``step_size`` (default 2.5*eps/steps), ``restarts`` (default 1) and
     ``random_start`` (default True) apply to PGD only; passing them with attack="fgsm" is an error.
+    ``device`` (``"cpu"``, ``"cuda"``, ``"auto"``; default: where x is) moves the model and the data there; the
+    random starts are drawn by a generator on that device.
 
     Example:
         >>> res = robust_accuracy(model, x, y, attack="pgd", eps=0.1, norm="linf", steps=20)  # doctest: +SKIP
@@ -436,7 +448,7 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attac
     """
     t0 = time.perf_counter()
     _check_model(model)
-    x, y = _check_inputs(x, y)
+    x, y = _on_device(model, *_check_inputs(x, y), device)
     attack = check_choice("attack", attack, ATTACKS)
     eps = _nonneg("eps", eps)
     norm = _check_norm(norm)
@@ -456,7 +468,7 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attac
         step_size = _check_step_size(step_size)
         if restarts > 1 and not random_start:
             raise ValueError("restarts > 1 requires random_start=True (restarts from x are identical)")
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=x.device).manual_seed(seed)
 
     n = x.shape[0]
     clean_correct = torch.zeros(n, dtype=torch.bool)
@@ -673,7 +685,7 @@ def smoothed_robust_accuracy(smooth: Any, x: torch.Tensor, y: torch.Tensor, *, e
                              steps: int = 20, n_noise: int = 16, step_size: float | None = None,
                              random_start: bool = False, resample_noise: bool = False, n_predict: int = 1000,
                              alpha: float = 0.001, batch_size: int = 1000, seed: int = 0,
-                             verbose: bool = True) -> SmoothedAttackResult:
+                             verbose: bool = True, device: str | torch.device | None = None) -> SmoothedAttackResult:
     """Empirical robust accuracy of a smoothed classifier under :func:`smooth_pgd`, judged by PREDICT.
 
     ``smooth`` is a :class:`certify.smoothing.Smooth` (anything with ``model``, ``sigma`` and
@@ -686,6 +698,9 @@ def smoothed_robust_accuracy(smooth: Any, x: torch.Tensor, y: torch.Tensor, *, e
 
     Note PREDICT itself errs with probability <= alpha per call (Cohen et al. 2019), so with many
     examples a few "successes" or abstentions can be sampling effects rather than attack successes.
+
+    ``device`` (``"cpu"``, ``"cuda"``, ``"auto"``; default: the smoothed classifier's) is where the attack and
+    PREDICT run; the attack noise is drawn by generators on that device.
     """
     t0 = time.perf_counter()
     model = getattr(smooth, "model", None)
@@ -693,7 +708,13 @@ def smoothed_robust_accuracy(smooth: Any, x: torch.Tensor, y: torch.Tensor, *, e
     if model is None or sigma is None or not callable(getattr(smooth, "predict", None)):
         raise TypeError("smooth must be a certify.smoothing.Smooth (needs .model, .sigma and .predict)")
     _check_model(model)
-    x, y = _check_inputs(x, y)
+    if device is not None:
+        from certify.smoothing import Smooth
+
+        if not isinstance(smooth, Smooth):
+            raise TypeError(f"device= needs smooth to be a certify.Smooth, got {type(smooth).__name__}")
+        smooth = Smooth(model, smooth.num_classes, smooth.sigma, device=device)
+    x, y = _on_device(model, *_check_inputs(x, y), getattr(smooth, "device", None))
     eps = _nonneg("eps", eps)
     norm = _check_norm(norm)
     sigma = _positive("smooth.sigma", sigma)
@@ -733,7 +754,7 @@ def smoothed_robust_accuracy(smooth: Any, x: torch.Tensor, y: torch.Tensor, *, e
             abstain.append(False)
             sizes.append(0.0)
             continue
-        gen = torch.Generator().manual_seed(_derived_seed(seed, i, 1))
+        gen = torch.Generator(device=x.device).manual_seed(_derived_seed(seed, i, 1))
         x_adv = smooth_pgd(model, xi, yi, sigma=sigma, eps=eps, norm=norm, steps=steps, n_noise=n_noise,
                            step_size=step_size, random_start=random_start, resample_noise=resample_noise,
                            batch_size=batch_size, generator=gen)

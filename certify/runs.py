@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from certify._jsonio import atomic_write_json, atomic_write_text
+from certify._modes import eval_mode
 from certify._progress import progress
 from certify.reports import ROW_COLUMNS, RadiusReport, row_from_certificate
 from certify.rundir import (
@@ -54,6 +55,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "certify_dataset",
+    "certify_one",
     "example_seed",
     "load_run",
     "render_run",
@@ -69,10 +71,11 @@ SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.md"
 PLOT_FILE = "certified_accuracy.png"
 SAMPLES_PLOT_FILE = "samples_used.png"
+PER_CLASS_PLOT_FILE = "per_class.png"
 #: run.json keys that must agree between a run and its resumption (they determine the rows)
 MATCH_KEYS = ("sigma", "n_select", "n_estimate", "alpha", "seed", "batch_size", "first_order", "num_classes",
               "checkpoint", "model_fingerprint", "dataset", "dataset_fingerprint", "seed_scheme", "sound",
-              "sequential", "target_radius", "radius_tol")
+              "device_type", "sequential", "target_radius", "radius_tol")
 SEED_SCHEME = "numpy.SeedSequence([seed, idx]) -> uint64 >> 1"
 
 
@@ -149,6 +152,7 @@ def render_run(run_dir: str | os.PathLike, *, others: Sequence[RadiusReport] = (
     atomic_write_json(run_dir / SUMMARY_FILE, report.summary())
     atomic_write_text(run_dir / REPORT_FILE, report.to_markdown())
     report.plot(run_dir / PLOT_FILE, others=others, labels=labels)
+    report.plot_per_class(run_dir / PER_CLASS_PLOT_FILE)
     if "n_used" in report.rows.columns:
         report.plot_samples(run_dir / SAMPLES_PLOT_FILE)
     return report
@@ -159,7 +163,9 @@ def certify_dataset(smooth: Any, dataset: Any, *, out: str | os.PathLike | None 
                     first_order: bool = False, skip: int = 1, max_examples: int | None = None, start: int = 0,
                     verbose: bool = True, checkpoint: str | None = None, dataset_name: str | None = None,
                     overwrite: bool = False, render: bool = True,
-                    record: Mapping[str, Any] | None = None, sequential: bool = False,
+                    record: Mapping[str, Any] | None = None, device: str | torch.device | None = None,
+                    workers: int | None = None, ray_address: str | None = None,
+                    model_source: Any = None, sequential: bool = False,
                     target_radius: float | None = None, radius_tol: float = 0.01) -> RadiusReport:
     """Certify examples of ``dataset`` with ``smooth.certify`` and collect a :class:`RadiusReport`.
 
@@ -179,13 +185,23 @@ def certify_dataset(smooth: Any, dataset: Any, *, out: str | os.PathLike | None 
         render: write summary.json, report.md and the plot at the end.
         record: extra facts for run.json that do not determine the rows (command line, checkpoint SHA-256,
             class mapping, ...); run.json also gets ``n_rows``, the rows in the directory after this call.
+        device: ``"cpu"``, ``"cuda"``, ``"auto"`` or a ``torch.device`` (:func:`certify.devices.resolve_device`)
+            where the model runs and the noise is drawn; default: ``smooth``'s device. The noise stream depends
+            on the device type, which run.json records (a run resumes only on the same type).
+        workers: certify on this many Ray actors (:mod:`certify.distributed`; needs ``pip install ray``);
+            None (default) certifies in this process and never imports Ray. The rows are the same either way.
+        ray_address: the Ray cluster to use (``host:port`` of ``ray start --head``, or ``"auto"``); None
+            starts a local Ray instance for the run (only with ``workers``).
+        model_source: a :class:`certify.distributed.ModelSource` each worker loads the model from; default:
+            the model object itself, pickled by Ray (its class must be importable on the workers).
 
     Returns:
         The report of every row in ``out/rows.tsv`` (sorted by idx), or of this call's rows when
         ``out`` is None.
 
     Raises:
-        ValueError: bad settings, resume with different settings, rows of another run in ``out``.
+        ValueError: bad settings, resume with different settings, rows of another run in ``out``,
+            ``workers`` without Ray installed, an unreachable ``ray_address``, a model the workers cannot load.
     """
     from certify.smoothing import _validate  # the one place budgets are validated
 
@@ -197,6 +213,12 @@ def certify_dataset(smooth: Any, dataset: Any, *, out: str | os.PathLike | None 
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
     if not hasattr(smooth, "certify"):
         raise TypeError(f"smooth must have a certify method (certify.Smooth), got {type(smooth).__name__}")
+    parallel = None
+    if workers is not None or ray_address is not None or model_source is not None:
+        from certify.distributed import check_parallel
+
+        parallel = check_parallel(workers, ray_address, model_source)
+    smooth, device_type = _on_device(smooth, device, local=parallel is None or ray_address is None)
     try:
         n_total = len(dataset)
     except TypeError:
@@ -222,24 +244,27 @@ def certify_dataset(smooth: Any, dataset: Any, *, out: str | os.PathLike | None 
         "input_shape": list(torch.as_tensor(x0).shape),
         "seed_scheme": SEED_SCHEME,
         **({"sound": True} if getattr(smooth, "sound", False) else {}),
+        "device_type": device_type,
         "start": int(start),
         "skip": int(skip),
         "max_examples": max_examples,
+        "workers": workers,
+        "ray_address": ray_address,
         "versions": versions(),
         **{k: v for k, v in (record or {}).items() if k not in MATCH_KEYS},
     }
     if sequential:  # absent for fixed-n runs, so their run.json (and resumption) is unchanged
         settings.update(sequential=True, target_radius=v.get("target_radius"), radius_tol=v["radius_tol"])
     if out is None:
-        rows = _certify_rows(smooth, dataset, indices, settings, writer=None, verbose=verbose)
+        rows = _certify_rows(smooth, dataset, indices, settings, writer=None, verbose=verbose, parallel=parallel)
         return RadiusReport(rows if rows else [], **_report_meta(settings))
 
     with open_run(out, settings=settings, match_keys=MATCH_KEYS, resume=resume, overwrite=overwrite,
-                  artifacts=(SUMMARY_FILE, REPORT_FILE, PLOT_FILE, SAMPLES_PLOT_FILE)) as run:
+                  artifacts=(SUMMARY_FILE, REPORT_FILE, PLOT_FILE, PER_CLASS_PLOT_FILE, SAMPLES_PLOT_FILE)) as run:
         done = run.done_ints("idx")
         todo = [i for i in indices if i not in done]
         _certify_rows(smooth, dataset, todo, settings, writer=run, verbose=verbose,
-                      already=len(indices) - len(todo))
+                      already=len(indices) - len(todo), parallel=parallel)
         atomic_write_json(run.path / RUN_FILE, {**run.settings, "n_rows": len(done | set(todo))})
     if render:
         return render_run(out)
@@ -262,29 +287,86 @@ def _sequential_kwargs(settings: dict) -> dict:
     return {"sequential": True, "target_radius": settings.get("target_radius"), "radius_tol": settings["radius_tol"]}
 
 
-def _certify_rows(smooth, dataset, indices, settings, *, writer, verbose, already: int = 0) -> list[dict]:
+def _on_device(smooth: Any, device: Any, *, local: bool) -> tuple[Any, str]:
+    """``smooth`` moved to ``device`` (a new Smooth when it changes) and the device type recorded in run.json.
+
+    With a remote Ray cluster (``local=False``) a CUDA device need not exist on the driver: the workers check.
+    """
+    from certify.devices import resolve_device
+
+    if device is None:
+        return smooth, str(getattr(getattr(smooth, "device", None), "type", "cpu"))
+    if not local and isinstance(device, str) and device.strip().lower() == "cuda":
+        return smooth, "cuda"
+    dev = resolve_device(device)
+    current = getattr(smooth, "device", None)
+    if current is not None and torch.device(current) == dev:
+        return smooth, dev.type
+    from certify.smoothing import Smooth
+
+    if not isinstance(smooth, Smooth):
+        raise TypeError(f"device= needs smooth to be a certify.Smooth, got {type(smooth).__name__}")
+    return Smooth(smooth.model, smooth.num_classes, smooth.sigma, input_range=smooth.input_range, sound=smooth.sound,
+                  device=dev), dev.type
+
+
+def base_prediction(smooth: Any, x: Any) -> int | None:
+    """The base classifier's prediction on the clean input (the ``base_predict`` column of the per-class
+    hidden-cost report); None when ``smooth`` is not a :class:`certify.Smooth`."""
+    from certify.smoothing import Smooth
+
+    if not isinstance(smooth, Smooth):
+        return None
+    xp = smooth._prepare(x).unsqueeze(0).to(smooth.dtype)
+    with eval_mode(smooth.model), torch.no_grad():
+        return int(smooth.model(xp).argmax(dim=1)[0])
+
+
+def certify_one(smooth: Any, idx: int, x: Any, label: int, settings: dict) -> dict:
+    """The rows.tsv row of example ``idx`` (the one computation shared by the in-process and Ray paths)."""
+    t0 = time.perf_counter()
+    cert = smooth.certify(x, n_select=settings["n_select"], n_estimate=settings["n_estimate"],
+                          alpha=settings["alpha"], batch_size=settings["batch_size"],
+                          seed=example_seed(settings["seed"], idx), first_order=settings["first_order"],
+                          **_sequential_kwargs(settings))
+    row = row_from_certificate(idx, int(label), cert, time.perf_counter() - t0,
+                               base_predict=base_prediction(smooth, x))
+    return {**{c: row[c] for c in ROW_COLUMNS}, **{k: v for k, v in row.items() if k not in ROW_COLUMNS}}
+
+
+def _certify_rows(smooth, dataset, indices, settings, *, writer, verbose, already: int = 0,
+                  parallel: dict | None = None) -> list[dict]:
     rows: list[dict] = []
     correct = 0
-    logger.info("certifying %d examples (%d already done), sigma=%g, n_estimate=%d, first_order=%s",
-                len(indices), already, settings["sigma"], settings["n_estimate"], settings["first_order"])
+    logger.info("certifying %d examples (%d already done), sigma=%g, n_estimate=%d, first_order=%s%s",
+                len(indices), already, settings["sigma"], settings["n_estimate"], settings["first_order"],
+                f" on {parallel['workers']} Ray workers" if parallel else "")
     with progress(total=len(indices) + already, initial=already, unit="img", desc="certify",
                   enabled=verbose) as bar:
-        for idx in indices:
-            x, label = dataset[idx]
-            label = int(label)
-            t0 = time.perf_counter()
-            cert = smooth.certify(x, n_select=settings["n_select"], n_estimate=settings["n_estimate"],
-                                  alpha=settings["alpha"], batch_size=settings["batch_size"],
-                                  seed=example_seed(settings["seed"], idx), first_order=settings["first_order"],
-                                  **_sequential_kwargs(settings))
-            row = row_from_certificate(idx, label, cert, time.perf_counter() - t0)
-            row = {**{c: row[c] for c in ROW_COLUMNS}, **{k: v for k, v in row.items() if k not in ROW_COLUMNS}}
-            if getattr(dataset, "files", ()):
-                row["file"] = dataset.files[idx]
+
+        files = getattr(dataset, "files", ())
+
+        def emit(row: dict) -> None:
+            nonlocal correct
+            if files:
+                row["file"] = files[int(row["idx"])]
             if writer is not None:
                 writer.append(row)
             rows.append(row)
             correct += bool(row["correct"])
             bar.update(1)
             bar.set_postfix(acc=f"{correct / len(rows):.2f}", refresh=False)
+
+        if parallel is not None and indices:
+            from certify.distributed import certify_rows_on_ray
+
+            certify_rows_on_ray(model=smooth.model, source=parallel["source"], dataset=dataset, indices=indices,
+                                settings=settings, emit=emit, workers=parallel["workers"],
+                                ray_address=parallel["ray_address"], device=settings["device_type"],
+                                smooth_options={"input_range": getattr(smooth, "input_range", None),
+                                                "sound": bool(getattr(smooth, "sound", False))})
+        else:
+            for idx in indices:
+                x, label = dataset[idx]
+                emit(certify_one(smooth, idx, x, int(label), settings))
     return rows

@@ -50,6 +50,7 @@ from torch import nn
 
 from certify._checks import check_int
 from certify._modes import eval_mode as _eval_mode
+from certify.devices import resolve_device
 from estimators.confidence import AlphaBudget, binomial_test_pvalue, check_alpha, clopper_pearson_lower
 from estimators.gradient import GradientBounds, gradient_bound_names, gradient_bounds
 from estimators.lattice import LatticeSource, grid_indices, lattice_noise, total_variation
@@ -278,8 +279,12 @@ def check_pixels(x, input_range: tuple[float, float] | None = PIXEL_RANGE) -> No
 class Smooth:
     """A Gaussian-smoothed classifier around ``model`` (any callable/nn.Module mapping (B, *S) -> (B, K)).
 
-    ``num_classes`` K >= 2, ``sigma`` > 0 is the noise standard deviation in input units. Sampling runs on the
-    model's device (first parameter/buffer; CPU for parameter-free callables); noise is drawn in float32 (float64
+    ``num_classes`` K >= 2, ``sigma`` > 0 is the noise standard deviation in input units. Sampling (the model's
+    forward passes and the noise, drawn by a ``torch.Generator`` on that device) runs on ``device``:
+    ``"cpu"``, ``"cuda"``, ``"auto"`` or a ``torch.device`` (:func:`certify.devices.resolve_device`); an
+    ``nn.Module`` model is moved there (``model.to(device)``). With ``device=None`` it runs on the model's device
+    (first parameter/buffer; CPU for parameter-free callables). The noise stream depends on the device type, so
+    certificates are reproducible per device type. Noise is drawn in float32 (float64
     for float64 models) and the noisy input cast to the model's floating dtype (float16/bfloat16 models receive
     the float32 sum rounded once). ``sound=True``: floating-point sound lattice noise for inputs on the 1/255
     grid (see the module docstring; other inputs raise ValueError). The model is put in eval mode during
@@ -293,18 +298,24 @@ class Smooth:
     """
 
     def __init__(self, model, num_classes: int, sigma: float, *,
-                 input_range: tuple[float, float] | None = PIXEL_RANGE, sound: bool = False):
+                 input_range: tuple[float, float] | None = PIXEL_RANGE, sound: bool = False,
+                 device: str | torch.device | None = None):
         if not callable(model):
             raise TypeError(f"model must be a callable (e.g. torch.nn.Module), got {type(model).__name__}")
         if not isinstance(sound, bool):
             raise TypeError(f"sound must be a bool, got {type(sound).__name__}")
         v = _validate(sigma=sigma, num_classes=num_classes)
+        dev = resolve_device(device)
+        if dev is not None and isinstance(model, nn.Module):
+            model.to(dev)
         self.model = model
         self.num_classes = v["num_classes"]
         self.sigma = v["sigma"]
         self.input_range = _check_input_range(input_range)
         self.sound = sound
         self.device, self.dtype = _model_device_dtype(model)
+        if dev is not None:
+            self.device = dev
         self.noise_dtype = self.dtype if self.dtype in (torch.float32, torch.float64) else torch.float32
         self.lattice = lattice_noise(self.sigma) if sound else None
 

@@ -57,6 +57,7 @@ from torch import nn
 
 from certify._checks import check_int
 from certify._progress import track
+from certify.devices import resolve_device
 from estimators import gaussian_mixture as gm
 from estimators import robust_linear as rl
 
@@ -464,8 +465,11 @@ def extract_features(encoder: nn.Module, x: torch.Tensor, *, layer: str | None =
 
 
 def _device(encoder: nn.Module, device) -> torch.device:
-    if device is not None:
-        return torch.device(device)
+    """``device`` resolved (``"cpu"``, ``"cuda"``, ``"auto"``; the encoder is moved there), else the encoder's."""
+    dev = resolve_device(device)
+    if dev is not None:
+        encoder.to(dev)
+        return dev
     for p in encoder.parameters():
         return p.device
     return torch.device("cpu")
@@ -668,7 +672,7 @@ def evaluate(encoder: nn.Module, input_shape: Sequence[int], eps: Sequence[float
 
     Args:
         encoder: an ``nn.Module`` mapping ``(B, *input_shape)`` to features ``(B, F)`` (or use ``layer``).
-            It must already live on ``device``; it runs in eval mode without gradients (its mode is
+            It is moved to ``device`` when one is given; it runs in eval mode without gradients (its mode is
             restored afterwards).
         input_shape: the encoder's input shape without the batch axis, e.g. ``(1, 28, 28)``.
         eps: relative l2 budgets in [0, 1): the feature-space budget is ``eps * ||mu~||``.
@@ -682,7 +686,8 @@ def evaluate(encoder: nn.Module, input_shape: Sequence[int], eps: Sequence[float
         eig_tol: covariance eigenvalues ``<= eig_tol * largest`` are dropped (the probe works on the
             numerically supported eigenspace; a near-singular covariance is therefore stable).
         shrinkage: optional covariance shrinkage towards ``tr(Sigma)/p I``, in [0, 1].
-        device: where to run the encoder (default: where its parameters are).
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (:func:`certify.devices.resolve_device`): where the encoder
+            runs (it is moved there); default: where its parameters are.
         name: label used in summaries/plots (default: the encoder's class name).
         verbose: tqdm progress bar (only on a TTY) and INFO logs.
 
@@ -838,7 +843,8 @@ def _dataset_xy(data, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     elif hasattr(data, "x") and hasattr(data, "y"):
         x, y = data.x, data.y
     else:
-        raise TypeError(f"{name} must be a dataset with tensors .x and .y (certify.data.ImageDataset) or an (x, y) pair")
+        raise TypeError(f"{name} must be a dataset with tensors .x and .y (certify.data.ImageDataset) "
+                        "or an (x, y) pair")
     if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
         raise TypeError(f"{name}: x and y must be tensors")
     if x.shape[0] != y.shape[0] or x.shape[0] == 0 or y.ndim != 1:
@@ -1029,7 +1035,8 @@ def compare(radius_report, *, sigma: float = 1.0, radii: Sequence[float] | None 
     if norm != "l2":
         raise ValueError(f"norm must be 'l2' (the Gaussian-mixture reference is an l2 result), got {norm!r}")
     if not hasattr(radius_report, "certified_accuracy"):
-        raise TypeError("radius_report must provide certified_accuracy(radii, norm=...) (a certify.reports.RadiusReport)")
+        raise TypeError("radius_report must provide certified_accuracy(radii, norm=...) "
+                        "(a certify.reports.RadiusReport)")
     try:
         sigma = float(sigma)
     except (TypeError, ValueError):

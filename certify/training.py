@@ -13,8 +13,8 @@
 
 Everything random (initialisation, shuffling, noise, attack starts) comes from ``seed``: the
 initialisation (:func:`certify.models.build` with ``seed``) runs inside ``torch.random.fork_rng`` so
-the caller's global RNG is untouched, the rest uses private ``torch.Generator`` objects. Same seed, same data and thread settings -> the same
-weights and the same sidecar accuracy.
+the caller's global RNG is untouched, the rest uses private ``torch.Generator`` objects. Same seed, same
+data and thread settings -> the same weights and the same sidecar accuracy.
 
 Example::
 
@@ -39,8 +39,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from certify import models as zoo
+from certify._checks import check_choice, check_float, check_int
 from certify._modes import eval_mode
 from certify.data import ImageDataset, load_dataset
+from certify.devices import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -89,21 +91,19 @@ def _validate(arch, epochs, sigma, batch_size, lr, augment, eps, adv_fraction, p
     zoo._check_arch(arch)
     for name, value, lo in (("epochs", epochs, 1), ("batch_size", batch_size, 1), ("pgd_steps", pgd_steps, 1),
                             ("seed", seed, 0)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-        if value < lo:
-            raise ValueError(f"{name} must be >= {lo}, got {value}")
-    if max_train is not None and (isinstance(max_train, bool) or not isinstance(max_train, int) or max_train < 1):
-        raise ValueError(f"max_train must be a positive int or None, got {max_train!r}")
-    if augment not in AUGMENTS:
-        raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-    for name, value in (("sigma", sigma), ("lr", lr), ("eps", eps), ("adv_fraction", adv_fraction)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise TypeError(f"{name} must be a finite number, got {value!r}")
-    if lr <= 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
+        check_int(name, value, lo)
+    if max_train is not None:
+        check_int("max_train", max_train, 1)
+    check_choice("augment", augment, AUGMENTS)
+    check_choice("optimizer", optimizer, OPTIMIZERS)
+    check_float("sigma", sigma, low=0.0)
+    check_float("lr", lr, low=0.0, low_open=True)
+    check_float("eps", eps, low=0.0, high=1.0)
+    check_float("adv_fraction", adv_fraction, low=0.0, high=1.0)
+    _check_augment_settings(augment, sigma, eps, adv_fraction)
+
+
+def _check_augment_settings(augment: str, sigma: float, eps: float, adv_fraction: float) -> None:
     if augment == "noise" and sigma <= 0:
         raise ValueError(f"augment='noise' needs sigma > 0, got sigma={sigma}")
     if augment != "noise" and sigma != 0:
@@ -118,12 +118,13 @@ def _validate(arch, epochs, sigma, batch_size, lr, augment, eps, adv_fraction, p
 
 
 def evaluate_accuracy(model: nn.Module, dataset: ImageDataset, *, batch_size: int = 1000) -> float:
-    """Clean top-1 accuracy of ``model`` on ``dataset`` (eval mode restored afterwards)."""
+    """Clean top-1 accuracy of ``model`` on ``dataset`` (eval mode restored afterwards), on the model's device."""
+    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
     correct = 0
     with eval_mode(model), torch.inference_mode():
         for start in range(0, len(dataset), batch_size):
-            xb = dataset.x[start:start + batch_size]
-            correct += int((model(xb).argmax(1) == dataset.y[start:start + batch_size]).sum())
+            xb = dataset.x[start:start + batch_size].to(dev)
+            correct += int((model(xb).argmax(1).cpu() == dataset.y[start:start + batch_size]).sum())
     return correct / max(1, len(dataset))
 
 
@@ -151,12 +152,45 @@ def _adversarial(model, xb, yb, augment, eps, pgd_steps, generator):
                        generator=generator)
 
 
+def _resolve_datasets(dataset: Any, test_dataset: Any, max_train: int | None
+                      ) -> tuple[ImageDataset, ImageDataset, str]:
+    """(train set, test set, dataset name) from :func:`train`'s ``dataset`` / ``test_dataset`` arguments."""
+    if test_dataset is not None and not isinstance(test_dataset, ImageDataset):
+        raise TypeError(f"test_dataset must be an ImageDataset or None, got {type(test_dataset).__name__}")
+    if isinstance(dataset, ImageDataset):
+        if test_dataset is None:
+            raise ValueError("training on an ImageDataset needs test_dataset= (held-out images for the "
+                             "sidecar's test_accuracy); pass a dataset name to use its test split")
+        train_set, dataset_name, test_set = dataset, dataset.name, test_dataset
+    elif not isinstance(dataset, (str, os.PathLike)):
+        raise TypeError(f"dataset must be a dataset name, a path or an ImageDataset, got {type(dataset).__name__}")
+    else:
+        dataset_name = os.fspath(dataset)
+        train_set = load_dataset(dataset_name, split="train")
+        test_set = test_dataset if test_dataset is not None else load_dataset(dataset_name, split="test")
+    if max_train is not None:
+        train_set = train_set.subset(range(min(max_train, len(train_set))))
+    return train_set, test_set, dataset_name
+
+
+def _check_fits(arch: str, model: nn.Module, train_set: ImageDataset, test_set: ImageDataset) -> None:
+    for what, ds in (("dataset", train_set), ("test_dataset", test_set)):
+        if len(ds) == 0:
+            raise ValueError(f"{what} is empty")
+        if tuple(ds.input_shape) != tuple(model.input_shape):
+            raise ValueError(f"{what} images have shape {ds.input_shape} but arch {arch!r} expects "
+                             f"{model.input_shape}")
+        if int(ds.y.max()) >= model.num_classes:
+            raise ValueError(f"{what} has labels up to {int(ds.y.max())} but arch {arch!r} has "
+                             f"{model.num_classes} outputs")
+
+
 def train(arch: str, dataset: str | ImageDataset, *, epochs: int, sigma: float = 0.0, seed: int = 0,
           batch_size: int = 128, lr: float = 1e-3, augment: str | None = None, eps: float = 0.0,
           adv_fraction: float = 1.0, pgd_steps: int = 7, init: str | os.PathLike | dict | None = None,
           out: str | os.PathLike | None = None, max_train: int | None = None,
           test_dataset: ImageDataset | None = None, optimizer: str = "adam",
-          verbose: bool = True) -> TrainResult:
+          verbose: bool = True, device: str | torch.device | None = None) -> TrainResult:
     """Train a zoo architecture and (optionally) save ``out`` (state_dict) plus ``out`` with ``.json``.
 
     Args:
@@ -172,43 +206,24 @@ def train(arch: str, dataset: str | ImageDataset, *, epochs: int, sigma: float =
         eps, adv_fraction, pgd_steps: l-inf budget, fraction of each batch made adversarial, PGD steps.
         init: a shipped checkpoint name, a checkpoint path or a state_dict to fine-tune from.
         max_train: use only the first ``max_train`` training images (quick runs and tests).
+        device: ``"cpu"`` (default), ``"cuda"`` or ``"auto"`` (:func:`certify.devices.resolve_device`): where the
+            model trains and the augmentation noise and attack starts are drawn (generators on that device;
+            the shuffling order is drawn on the CPU, so it is the same on every device).
     """
     if augment is None:
         augment = "noise" if sigma else "none"
     _validate(arch, epochs, sigma, batch_size, lr, augment, eps, adv_fraction, pgd_steps, seed, max_train,
               optimizer)
-    if test_dataset is not None and not isinstance(test_dataset, ImageDataset):
-        raise TypeError(f"test_dataset must be an ImageDataset or None, got {type(test_dataset).__name__}")
-    if isinstance(dataset, ImageDataset):
-        if test_dataset is None:
-            raise ValueError("training on an ImageDataset needs test_dataset= (held-out images for the "
-                             "sidecar's test_accuracy); pass a dataset name to use its test split")
-        train_set, dataset_name, test_set = dataset, dataset.name, test_dataset
-    elif not isinstance(dataset, (str, os.PathLike)):
-        raise TypeError(f"dataset must be a dataset name, a path or an ImageDataset, got {type(dataset).__name__}")
-    else:
-        dataset = os.fspath(dataset)
-        train_set = load_dataset(dataset, split="train")
-        test_set = test_dataset if test_dataset is not None else load_dataset(dataset, split="test")
-        dataset_name = dataset
-    if max_train is not None:
-        train_set = train_set.subset(range(min(max_train, len(train_set))))
-
+    dev = resolve_device(device) or torch.device("cpu")
+    train_set, test_set, dataset_name = _resolve_datasets(dataset, test_dataset, max_train)
     model = zoo.build(arch, seed=seed)  # forked RNG state: the caller's global RNG is untouched
-    for what, ds in (("dataset", train_set), ("test_dataset", test_set)):
-        if len(ds) == 0:
-            raise ValueError(f"{what} is empty")
-        if tuple(ds.input_shape) != tuple(model.input_shape):
-            raise ValueError(f"{what} images have shape {ds.input_shape} but arch {arch!r} expects "
-                             f"{model.input_shape}")
-        if int(ds.y.max()) >= model.num_classes:
-            raise ValueError(f"{what} has labels up to {int(ds.y.max())} but arch {arch!r} has "
-                             f"{model.num_classes} outputs")
+    _check_fits(arch, model, train_set, test_set)
     init_name = _load_init(model, init) if init is not None else None
+    model.to(dev)
 
     shuffle_gen = torch.Generator().manual_seed(seed + 1)
-    noise_gen = torch.Generator().manual_seed(seed + 2)
-    attack_gen = torch.Generator().manual_seed(seed + 3)
+    noise_gen = torch.Generator(device=dev).manual_seed(seed + 2)
+    attack_gen = torch.Generator(device=dev).manual_seed(seed + 3)
     if optimizer == "adam":
         optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     else:
@@ -228,9 +243,9 @@ def train(arch: str, dataset: str | ImageDataset, *, epochs: int, sigma: float =
                       enabled=verbose) as bar:
             for step in range(steps_per_epoch):
                 idx = order[step * batch_size:(step + 1) * batch_size]
-                xb, yb = train_set.x[idx], train_set.y[idx]
+                xb, yb = train_set.x[idx].to(dev), train_set.y[idx].to(dev)
                 if augment == "noise":
-                    xb = xb + sigma * torch.randn(xb.shape, generator=noise_gen)
+                    xb = xb + sigma * torch.randn(xb.shape, generator=noise_gen, device=dev)
                 elif augment in ("fgsm", "pgd"):
                     k = max(1, round(adv_fraction * len(idx)))
                     x_adv = _adversarial(model, xb[:k], yb[:k], augment, eps, pgd_steps, attack_gen)
@@ -255,7 +270,8 @@ def train(arch: str, dataset: str | ImageDataset, *, epochs: int, sigma: float =
         arch=arch, dataset=dataset_name, augment=augment, sigma=float(sigma), eps=float(eps),
         adv_fraction=float(adv_fraction) if augment in ("fgsm", "pgd") else 0.0,
         pgd_steps=int(pgd_steps) if augment == "pgd" else 0, epochs=epochs, batch_size=batch_size, lr=float(lr),
-        seed=seed, optimizer=optimizer, init=init_name, n_train=len(train_set), n_test=len(test_set), test_accuracy=accuracy,
+        seed=seed, optimizer=optimizer, init=init_name, n_train=len(train_set), n_test=len(test_set),
+        test_accuracy=accuracy,
         train_seconds=round(seconds, 2), final_loss=loss_value, torch_version=torch.__version__,
         checkpoint=os.fspath(out) if out is not None else None, model=model,
     )

@@ -125,7 +125,7 @@ def split_alpha(alpha: float, weights: Mapping[str, float]) -> dict[str, float]:
     alpha = check_alpha(alpha)
     if not isinstance(weights, Mapping) or len(weights) == 0:
         raise ValueError("weights must be a non-empty mapping name -> positive weight")
-    w = {}
+    w: dict[str, float] = {}
     for name, value in weights.items():
         if not isinstance(name, str):
             raise TypeError(f"weights keys must be str, got {type(name).__name__}")

@@ -9,12 +9,21 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from scipy.stats import binomtest, norm as normal
+from scipy.stats import binomtest
+from scipy.stats import norm as normal
 from torch import nn
 
 from certify import attacks
-from certify.attacks import (AttackResult, SmoothedAttackResult, fgsm, perturbation_norm, pgd, robust_accuracy,
-                             smooth_pgd, smoothed_robust_accuracy)
+from certify.attacks import (
+    AttackResult,
+    SmoothedAttackResult,
+    fgsm,
+    perturbation_norm,
+    pgd,
+    robust_accuracy,
+    smooth_pgd,
+    smoothed_robust_accuracy,
+)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,5 +1,4 @@
 """Safe checkpoint loading: state_dicts, user classes, TorchScript, torch.export; pickles refused."""
-import os
 import textwrap
 
 import pytest

@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import needs_fmnist
 
 from certify import cli, models
-from conftest import needs_fmnist
 
 REPO = Path(__file__).resolve().parents[1]
 NET_PY = '''

@@ -5,9 +5,9 @@ import struct
 import numpy as np
 import pytest
 import torch
+from conftest import needs_fmnist
 
 from certify.data import ImageDataset, available_datasets, load_dataset, parse_idx
-from conftest import needs_fmnist
 
 
 def test_digits_shapes_range_and_fixed_split():

@@ -4,8 +4,8 @@ Each case builds a small random network, draws random input boxes (one wide, one
 for IBP, CROWN, alpha-CROWN (and CROWN-IBP, forward+backward where auto_LiRPA supports it), that no
 sample of the box - ALL corners when the box has <= 10 dimensions, otherwise 600 random corners -
 plus uniform interior points (>= 1,000 samples per box) plus projected-gradient points pushing every
-specification to its min and max leaves the computed ``[lower, upper]``. (Checked by mutation: shrinking every bound by 2% of its width is
-caught in every case.)
+specification to its min and max leaves the computed ``[lower, upper]``. (Checked by mutation: shrinking
+every bound by 2% of its width is caught in every case.)
 Failure budget: zero violations beyond a 1e-5 relative float32 tolerance. Seeds are fixed.
 """
 from __future__ import annotations

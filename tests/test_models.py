@@ -1,12 +1,12 @@
 """Model zoo: every architecture builds and runs; every shipped checkpoint loads and matches its sidecar."""
 import pytest
 import torch
+from conftest import HAVE_FMNIST
 
 import certify
 from certify import models
 from certify.data import load_dataset
 from certify.training import evaluate_accuracy
-from conftest import HAVE_FMNIST
 
 
 @pytest.mark.parametrize("arch", models.available())

@@ -79,7 +79,7 @@ def test_zeroth_order_has_no_sums():
     st = sample_noise(Recorder(), torch.zeros(3), sigma=1.0, n=10, num_classes=3, batch_size=4, seed=0)
     assert st.half_sums is None
     with pytest.raises(ValueError, match="first-order"):
-        st.half_means
+        _ = st.half_means
 
 
 @pytest.mark.parametrize("out,word", [

@@ -22,7 +22,8 @@ from certify.reports import RadiusReport
 def _report(radii, correct, abstained=None):
     n = len(radii)
     abstained = abstained or [False] * n
-    rows = [dict(idx=10 * i, label=i % 3, predict=i % 3 if c else (i + 1) % 3, abstained=a, p_lower=0.9 if not a else 0.4,
+    rows = [dict(idx=10 * i, label=i % 3, predict=i % 3 if c else (i + 1) % 3, abstained=a,
+                 p_lower=0.9 if not a else 0.4,
                  radius=0.0 if a else r, correct=bool(c and not a), time=0.1)
             for i, (r, c, a) in enumerate(zip(radii, correct, abstained))]
     return RadiusReport(rows, sigma=0.25, alpha=0.001)
@@ -160,7 +161,8 @@ def test_rank_correlation_matches_scipy_and_states_n():
     # critical |rho| for n = 7 at 5% (t approximation): p at the critical value <= 0.05, just below it > 0.05
     crit = res["critical_rho_5pct"]
     assert 0.7 < crit < 0.85
-    assert study.rank_correlation([1, 2], [2, 1])["spearman_rho"] != study.rank_correlation([1, 2], [2, 1])["spearman_rho"]
+    undefined = study.rank_correlation([1, 2], [2, 1])["spearman_rho"]
+    assert undefined != undefined     # NaN: fewer than 3 points
     with pytest.raises(ValueError):
         study.rank_correlation([1, 2, 3], [1, 2])
     # exact permutation p-value: a perfect ranking of 5 items is matched (|rho| = 1) by 2 of 5! orderings
@@ -202,6 +204,14 @@ def test_presets_and_bad_configurations():
         study.StudyConfig(name="x", models=(m,), perturbations=("hue",))
     with pytest.raises(TypeError, match="config"):
         study.run_study("unused", config={"name": "x"})
+    with pytest.raises(TypeError, match="quick"):
+        study.run_study("unused", quick="yes")
+    with pytest.raises(ValueError, match="seed"):
+        study.run_study("unused", seed=-1)
+    with pytest.raises(TypeError, match="verbose"):
+        study.run_study("unused", config=q, verbose="no")
+    # results.json's config reads back as the same configuration
+    assert study.StudyConfig.from_dict(json.loads(json.dumps(f.to_dict()))) == f
 
 
 def test_example_indices_are_evenly_spaced():
@@ -227,8 +237,14 @@ def _tiny_config(**overrides):
               n_smooth_attack=8, smooth_attack_radii=(0.25,), smooth_attack_steps=5, smooth_attack_noise=4,
               n_predict=300, n_semantic=3, semantic_grid=41, semantic_kwargs={"attack_grid": 201, "attack_steps": 5},
               synbench_separations=(0.5, 1.0, 2.0, 3.0), synbench_n_train=64, synbench_n_test=64,
-              probe_n_train=200, probe_n_test=100, probe_max_iter=30)
+              probe_n_train=200, probe_n_test=100, probe_max_iter=30,
+              n_hidden_cost=12, hidden_cost_n_estimate=200, transfer_eps=(1 / 255, 4 / 255), n_transfer=12,
+              transfer_probe_n_train=200)
     kw.update(overrides)
+    names = [m.name for m in kw["models"]]
+    # the sweep on the plain and the noise-trained model, the transfer on the plain and the fine-tuned one
+    kw.setdefault("hidden_cost_models", tuple(n for n in ("plain", "noisy") if n in names))
+    kw.setdefault("transfer_models", tuple(n for n in ("plain", "ft") if n in names))
     return study.StudyConfig(**kw)
 
 
@@ -248,13 +264,17 @@ def test_tiny_study_writes_report_results_plots_and_passes_its_checks(tiny_study
             assert (out / "cache" / name / f"{stage}.json").is_file()
             assert res.timings["per_model"][name][stage]["cached"] is False
         assert (out / "models" / f"{name}.pt").is_file()
+    assert set(res.models["plain"]) >= {"hidden_cost", "transfer"}
+    assert "hidden_cost" in res.models["noisy"] and "transfer" not in res.models["noisy"]
+    assert "transfer" in res.models["ft"] and "hidden_cost" not in res.models["ft"]
     # consistency: proofs never contradicted by attacks on the same examples
     assert res.consistency["status"] == "all passed" and res.consistency["violations"] == 0
-    assert res.consistency["checks"] == 3 * (1 + 3)     # per model: 1 smoothing radius + 3 semantic families
+    # per model: 1 smoothing radius + 3 semantic families; plus 2 transfer radii on each of 2 models
+    assert res.consistency["checks"] == 3 * (1 + 3) + 2 * 2
     for name in ("plain", "noisy", "ft"):
         for chk in res.models[name]["smooth_attack"]["checks"]:
             assert chk["n"] == 8 and chk["violations"] == 0
-        for fam, chk in res.models[name]["semantic"]["families"].items():
+        for chk in res.models[name]["semantic"]["families"].values():
             # the study's reading of the semantic rows agrees with SemanticReport's own accuracy
             assert chk["certified_accuracy"] == pytest.approx(chk["report_certified_accuracy"])
             assert chk["attack_robust_accuracy"] == pytest.approx(chk["report_attack_accuracy"])
@@ -281,13 +301,147 @@ def test_tiny_study_writes_report_results_plots_and_passes_its_checks(tiny_study
     text = res.report.read_text()
     for heading in ("## Models", "## Empirical robust accuracy", "## Randomized smoothing", "### l2", "### linf",
                     "## Semantic perturbations", "### rotation", "## SynBench", "## Rank correlation",
+                    "## Hidden cost of smoothing", "## Robustness transfer", "Transfer: a violation",
                     "## Consistency checks", "## Time per stage", "## Reproduce"):
         assert heading in text, heading
     assert "n = 8 test images" in text and "little power" in text
+    assert "certify.hidden_cost.sigma_sweep(" in text and "certify.transfer.transfer_bounds(" in text
+    # every Markdown table keeps its column count (no cell may contain a bare '|')
+    table: list[int] = []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            table.append(line.count("|"))
+        elif table:
+            assert len(set(table)) == 1, table
+            table = []
     assert "certify.certify_dataset(" in text and "seed=0" in text
-    for png in ("certified_accuracy.png", "synbench_vs_probe.png", "semantic_ranges.png"):
+    for png in ("certified_accuracy.png", "synbench_vs_probe.png", "semantic_ranges.png", "hidden_cost_disparity.png"):
         assert (out / "plots" / png).stat().st_size > 1000
     assert all(p.is_file() for p in res.plots)
+
+
+def test_typed_stage_results_match_results_json_and_the_headline_table(tiny_study):
+    out, res = tiny_study
+    data = json.loads((out / "results.json").read_text())
+    for name, stages in res.stages.items():
+        # the typed results are what results.json holds, and read back from it unchanged
+        assert stages.to_dict() == data["models"][name]
+        assert study.ModelStages.from_dict(data["models"][name]).to_dict() == data["models"][name]
+        assert stages.smoothing.n == 8 and stages.smoothing.norms["l2"].first is not None
+        assert stages.attacks.find("pgd", "linf", 0.1).n == 60
+        assert set(stages.semantic.families) == {"brightness", "contrast", "rotation"}
+        assert all(c.n == 8 for c in stages.smooth_attack.checks)
+    # the README's table from results.json is the report's summary
+    table = study.headline_table(out / "results.json")
+    assert table.splitlines()[0].startswith("| model | clean acc |")
+    assert [line.split(" | ")[0] for line in table.splitlines()[2:5]] == ["| plain", "| noisy", "| ft"]
+    assert table.splitlines()[2] in res.report.read_text()
+    assert "rotation in degrees" in table          # units as the perturbation states them
+
+
+def test_hidden_cost_stage_rows_are_consistent_and_round_trip(tiny_study):
+    out, res = tiny_study
+    for name in ("plain", "noisy"):
+        hc = res.stages[name].hidden_cost
+        assert isinstance(hc, study.HiddenCostResult)
+        assert study.HiddenCostResult.from_dict(json.loads(json.dumps(hc.to_dict()))) == hc
+        assert [r.sigma for r in hc.rows] == [0.0, 0.12, 0.25, 0.5]
+        assert hc.n == 12 and hc.n_estimate == 200 and sum(hc.class_counts) == 12
+        base = hc.row(0.0)
+        assert base.abstain_rate == 0.0 and base.changed_fraction == 0.0 and base.vanished == ()
+        for r in hc.rows:
+            # the overall accuracy is the class accuracies weighted by the class counts
+            total = sum(a * k for a, k in zip(r.class_accuracy, hc.class_counts) if a is not None)
+            assert total / hc.n == pytest.approx(r.accuracy)
+            live = [a for a in r.class_accuracy if a is not None]
+            assert r.disparity == pytest.approx(max(live) - min(live))
+            assert 0.0 <= r.abstain_rate <= r.changed_fraction + 1e-12
+    # sigma 0 is the base classifier: its accuracy on the same examples is the clean accuracy there
+    from certify import models as zoo
+    from certify.data import load_dataset
+
+    test = load_dataset("digits", split="test")
+    idx = study.example_indices(len(test), 12)
+    plain = zoo.build("digits_mlp")
+    plain.load_state_dict(torch.load(out / "models" / "plain.pt", weights_only=True))
+    plain.eval()
+    with torch.no_grad():
+        acc = float((plain(test.x[idx]).argmax(1) == test.y[idx]).float().mean())
+    assert res.stages["plain"].hidden_cost.row(0.0).accuracy == pytest.approx(acc)
+    text = res.report.read_text()
+    assert "| plain | 0.5 |" in text and "| noisy | 0.12 |" in text
+
+
+def test_transfer_stage_certificates_survive_pgd_and_round_trip(tiny_study):
+    _, res = tiny_study
+    for name in ("plain", "ft"):
+        tr = res.stages[name].transfer
+        assert isinstance(tr, study.TransferStage)
+        assert study.TransferStage.from_dict(json.loads(json.dumps(tr.to_dict()))) == tr
+        assert [r.eps for r in tr.rows] == [1 / 255, 4 / 255] and tr.n == 12 and tr.probe_n_train == 200
+        for r in tr.rows:
+            assert r.certified_logit <= r.certified_pairwise <= r.certified_box <= r.clean_accuracy
+            # certified examples are never broken by PGD on the composed model
+            assert r.ok and r.violations == 0
+            assert all(p for c, p in zip(r.certified, r.pgd_robust) if c)
+            assert r.certified_box == pytest.approx(sum(r.certified) / r.n)
+            assert r.certified_box <= r.pgd_robust_accuracy
+            assert r.mean_loss_bound >= r.mean_clean_loss and r.mean_loss_bound_box >= r.mean_clean_loss - 1e-9
+        # a larger radius certifies no more and bounds the loss no lower
+        small, large = tr.rows
+        assert large.certified_box <= small.certified_box and large.mean_loss_bound >= small.mean_loss_bound
+    # the check is non-vacuous on this family: something is certified at the small radius
+    assert max(res.stages[n].transfer.rows[0].certified_box for n in ("plain", "ft")) > 0
+
+
+def test_transfer_consistency_and_the_study_summary_count_violations(tiny_study):
+    import dataclasses
+
+    from certify.study.checks import consistency_summary
+    from certify.study.transfer_stage import transfer_consistency
+
+    assert transfer_consistency([True, True, False], [True, True, False], [1, 2, 3]) == {
+        "violations": 0, "violating_idx": [], "ok": True}
+    assert transfer_consistency([True, True, False], [True, False, False], [1, 2, 3])["violating_idx"] == [2]
+    with pytest.raises(ValueError, match="same length"):
+        transfer_consistency([True], [True, False], [0])
+    # a transfer row that PGD contradicted is counted by the study's consistency summary
+    _, res = tiny_study
+    st = res.stages["ft"]
+    bad_row = dataclasses.replace(st.transfer.rows[0], violations=2, violating_idx=(0, 5), ok=False)
+    broken = dataclasses.replace(st, transfer=dataclasses.replace(st.transfer, rows=(bad_row,)))
+    summary = consistency_summary({**res.stages, "ft": broken})
+    assert summary.violations == 2 and summary.status == "VIOLATIONS FOUND"
+    assert any("ft transfer" in p for p in summary.problems)
+
+
+def test_hidden_cost_and_transfer_settings_are_checked():
+    m = study.ModelSpec("m", "train")
+    base = dict(name="x", models=(m,))
+    with pytest.raises(ValueError, match="hidden_cost_models"):
+        study.StudyConfig(**base, hidden_cost_models=("other",))
+    with pytest.raises(TypeError, match="transfer_models"):
+        study.StudyConfig(**base, transfer_models="m")
+    with pytest.raises(ValueError, match="hidden_cost_sigmas"):
+        study.StudyConfig(**base, hidden_cost_sigmas=(0.0, 0.25, 0.25))
+    with pytest.raises(ValueError, match="hidden_cost_sigmas"):
+        study.StudyConfig(**base, hidden_cost_sigmas=(-0.1,))
+    with pytest.raises(ValueError, match="hidden_cost_n_estimate"):
+        study.StudyConfig(**base, hidden_cost_n_estimate=0)
+    with pytest.raises(ValueError, match="transfer_eps"):
+        study.StudyConfig(**base, transfer_eps=(0.0,))
+    with pytest.raises(ValueError, match="transfer_eps"):
+        study.StudyConfig(**base, transfer_eps=())
+    with pytest.raises(ValueError, match="transfer_method"):
+        study.StudyConfig(**base, transfer_method="exact")
+    with pytest.raises(ValueError, match="n_transfer"):
+        study.StudyConfig(**base, n_transfer=0)
+    cfg = study.StudyConfig(**base, transfer_models=())
+    assert cfg.models_for("transfer") == () and cfg.models_for("hidden_cost") == ("m",)
+    q = study.quick_config()
+    assert q.models_for("hidden_cost") == ("clean", "noise-0.12", "noise-0.25", "noise-0.50")
+    assert q.n_hidden_cost == 100 and q.models_for("transfer") == ("clean", "noise-0.25", "fgsm", "pgd", "adv-ft")
+    assert set(study.full_config().models_for("transfer")) == {"clean", "noise-0.25", "fgsm", "pgd", "adv-ft"}
 
 
 def test_tiny_study_resumes_from_its_caches(tiny_study):
@@ -306,8 +460,26 @@ def test_tiny_study_resumes_from_its_caches(tiny_study):
     assert changed.models["plain"]["attacks"]["n"] == 30
     # every invocation of the folder is logged with its wall time and the number of stages it computed
     history = json.loads((out / "invocations.json").read_text())
-    assert [h["stages_computed"] for h in history[-3:]] == [3 * 10, 0, 3]   # 3 models x (training + 9 stages)
+    # 3 models x (training + 9 stages) + 2 sigma sweeps + 2 transfers
+    assert [h["stages_computed"] for h in history[-3:]] == [3 * 10 + 2 + 2, 0, 3]
     assert changed.timings["total_wall_time_s"] == pytest.approx(sum(h["wall_time_s"] for h in history))
+
+
+def test_runner_folders_of_other_settings_are_started_afresh(tiny_study):
+    out, _ = tiny_study
+    cfg = _tiny_config(models=_tiny_config().models[:1], n_select=40)
+    res = study.run_study(out, config=cfg, verbose=False)
+    t = res.timings["per_model"]["plain"]
+    assert t["smoothing"]["cached"] is False and t["semantic"]["cached"] is True
+    assert json.loads((out / "smoothing" / "plain" / "run.json").read_text())["n_select"] == 40
+    # the semantic runner's folder too (its resume check raises ResumeMismatchError, the study starts over)
+    cfg = _tiny_config(models=_tiny_config().models[:1], n_select=40,
+                       semantic_kwargs={"attack_grid": 201, "attack_steps": 4})
+    res = study.run_study(out, config=cfg, verbose=False)
+    t = res.timings["per_model"]["plain"]
+    assert t["semantic"]["cached"] is False and t["smoothing"]["cached"] is True
+    assert json.loads((out / "semantic" / "plain" / "run.json").read_text())["attack_steps"] == 4
+    assert res.models["plain"]["smoothing"]["n"] == 8 and res.consistency["violations"] == 0
 
 
 def test_interrupted_study_leaves_a_partial_report_and_resumes(tmp_path, monkeypatch):
@@ -334,7 +506,7 @@ def test_interrupted_study_leaves_a_partial_report_and_resumes(tmp_path, monkeyp
 
 
 # --------------------------------------------------------------------------------------------
-# the quick study through the command line (slow: several minutes)
+# the quick study through the command line (slow; make test-slow-quick)
 # --------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_certify_study_quick_cli(tmp_path, capsys):
@@ -344,11 +516,26 @@ def test_certify_study_quick_cli(tmp_path, capsys):
         pytest.skip("Fashion-MNIST (Debian dataset-fashion-mnist) not installed")
     from certify import cli
 
-    torch.set_num_threads(2)
-    rc = cli.main(["study", "--out", str(tmp_path), "--quick"])
+    # one torch thread: reproducible, and a shared machine cannot oversubscribe it (make test-slow-quick also
+    # sets OMP_NUM_THREADS=1 for the BLAS and OpenMP pools)
+    threads = torch.get_num_threads()
+    try:
+        rc = cli.main(["study", "--out", str(tmp_path), "--quick", "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
     printed = capsys.readouterr().out
     assert rc == 0, printed
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["status"] == "complete" and data["consistency"]["violations"] == 0
     assert len(data["models"]) == 7 and data["correlation"]["main"]["n"] == 7
+    stages = {n: study.ModelStages.from_dict(m) for n, m in data["models"].items()}
+    assert sorted(n for n, st in stages.items() if st.hidden_cost) == ["clean", "noise-0.12", "noise-0.25",
+                                                                         "noise-0.50"]
+    assert sorted(n for n, st in stages.items() if st.transfer) == ["adv-ft", "clean", "fgsm", "noise-0.25", "pgd"]
+    for st in stages.values():
+        if st.hidden_cost:
+            assert [r.sigma for r in st.hidden_cost.rows] == [0.0, 0.12, 0.25, 0.5] and st.hidden_cost.n == 100
+        if st.transfer:
+            assert all(r.ok and r.certified_box <= r.pgd_robust_accuracy for r in st.transfer.rows)
+    assert (tmp_path / "plots" / "hidden_cost_disparity.png").is_file()
     assert "Spearman rho" in printed

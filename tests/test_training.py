@@ -3,11 +3,11 @@ import json
 
 import pytest
 import torch
+from conftest import needs_fmnist
 
 from certify import models
 from certify.cli import main
 from certify.training import train
-from conftest import needs_fmnist
 
 
 @pytest.fixture()
@@ -61,7 +61,7 @@ def test_adversarial_training_and_finetuning(augment, tmp_path):
     (dict(epochs=1, augment="pgd", eps=0.0), ValueError, "eps"),
     (dict(epochs=1, augment="fgsm", eps=0.1, adv_fraction=1.5), ValueError, "adv_fraction"),
     (dict(epochs=1, lr=-1.0), ValueError, "lr"),
-    (dict(epochs=1, sigma=float("nan")), TypeError, "sigma"),
+    (dict(epochs=1, sigma=float("nan")), ValueError, "sigma must be a finite number"),
 ])
 def test_bad_training_arguments(kwargs, exc, match):
     with pytest.raises(exc, match=match):

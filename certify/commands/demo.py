@@ -19,6 +19,7 @@ from certify.commands._common import (
     set_summary,
 )
 from certify.commands.smooth import add_budget_arguments, print_report
+from certify.devices import add_device_argument, device_from_args
 
 HELP = "certify a few Fashion-MNIST test images with the shipped smoothed CNN and write a report"
 
@@ -34,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(out="runs/demo")
     p.add_argument("--first-order", action=argparse.BooleanOptionalAction, default=True,
                    help="also certify l2/l1/l-inf radii with first-order information (default: on)")
+    add_device_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from certify.smoothing import Smooth
 
     check_resume_flags(args)
+    device = device_from_args(args)
     out = check_out(args.out)
     model = models.pretrained(CHECKPOINT)
     info = models.pretrained_info(CHECKPOINT)
@@ -52,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"certify demo: {CHECKPOINT} (test accuracy {info.get('test_accuracy', float('nan')):.3f}), sigma {SIGMA}, "
           f"{args.n} Fashion-MNIST test images (every {args.skip}th), n_estimate {args.n_estimate:,}, "
           f"alpha {args.alpha}, first order {'on' if args.first_order else 'off'}")
-    smooth = Smooth(model, num_classes=num_classes, sigma=SIGMA)
+    smooth = Smooth(model, num_classes=num_classes, sigma=SIGMA, device=device)
     with terminate_as_interrupt():
         report = certify_dataset(
             smooth, dataset, out=out, resume=args.resume, overwrite=args.overwrite, n_select=args.n_select,

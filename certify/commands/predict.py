@@ -27,12 +27,13 @@ from certify.commands._common import (
     probability,
     set_summary,
 )
+from certify.devices import add_device_argument, device_from_args
 
 HELP = "predict with a Gaussian-smoothed classifier over a dataset, abstaining when unsure (Cohen et al.)"
 
 #: run.json keys that must agree between a run and its resumption (they determine the rows)
 MATCH_KEYS = ("sigma", "n", "alpha", "seed", "batch_size", "num_classes", "checkpoint", "model_fingerprint",
-              "dataset", "dataset_fingerprint", "seed_scheme")
+              "dataset", "dataset_fingerprint", "seed_scheme", "device_type")
 SUMMARY_FILE = "summary.json"
 
 
@@ -51,6 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--start", type=nonnegative_int, default=0, help="first example index (default 0)")
     p.add_argument("--skip", type=positive_int, default=1, help="take every SKIP-th example (default 1)")
     add_run_arguments(p, seed_help="base seed; example idx uses a seed derived from (seed, idx) (default 0)")
+    add_device_argument(p)
 
 
 def summarize(rows: list[dict[str, str]], settings: dict[str, Any]) -> dict[str, Any]:
@@ -102,15 +104,16 @@ def run(args: argparse.Namespace) -> int:
     from certify.runs import SEED_SCHEME, select_indices
     from certify.smoothing import Smooth
 
+    device = device_from_args(args)
     job = prepare_smoothing(args, "predict")
     dataset, out = job["dataset"], job["out"]
     indices = select_indices(len(dataset), start=args.start, skip=args.skip, max_examples=args.max_examples)
-    smooth = Smooth(job["loaded"].model, num_classes=job["num_classes"], sigma=job["sigma"])
+    smooth = Smooth(job["loaded"].model, num_classes=job["num_classes"], sigma=job["sigma"], device=device)
     settings = {
         "sigma": job["sigma"], "n": args.n, "alpha": args.alpha, "seed": args.seed, "batch_size": args.batch_size,
         "num_classes": job["num_classes"], "checkpoint": job["loaded"].name,
         "model_fingerprint": model_fingerprint(job["loaded"].model), "dataset": dataset.name,
-        "dataset_fingerprint": dataset_fingerprint(dataset), "seed_scheme": SEED_SCHEME,
+        "dataset_fingerprint": dataset_fingerprint(dataset), "seed_scheme": SEED_SCHEME, "device_type": device.type,
         "start": args.start, "skip": args.skip, "max_examples": args.max_examples, **job["record"],
     }
     with terminate_as_interrupt(), open_run(out, settings=settings, match_keys=MATCH_KEYS, resume=args.resume,

@@ -25,6 +25,8 @@ from certify.commands._common import (  # noqa: F401 - the argparse types, re-ex
     positive_int,
     probability,
 )
+from certify.devices import add_device_argument, device_from_args
+from certify.distributed import ModelSource, add_workers_arguments, workers_from_args
 
 HELP = "certify a dataset with a Gaussian-smoothed classifier (Cohen et al.; optional first-order radii)"
 
@@ -75,6 +77,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--start", type=nonnegative_int, default=0, help="first example index (default 0)")
     p.add_argument("--skip", type=positive_int, default=1, help="certify every SKIP-th example (default 1)")
     add_run_arguments(p, seed_help="base seed; example idx uses a seed derived from (seed, idx) (default 0)")
+    add_device_argument(p)
+    add_workers_arguments(p)
 
 
 def print_report(report, out: Path | None, *, examples: int | None = None) -> None:
@@ -124,19 +128,23 @@ def run(args: argparse.Namespace) -> int:
     from certify.smoothing import Smooth
 
     _check_sequential(args)
+    workers, ray_address = workers_from_args(args)
+    device = device_from_args(args, remote=ray_address is not None)
     job = prepare_smoothing(args, "smooth")
     out = job["out"]
     if args.sound:
         _check_sound(args, job["dataset"])
-    smooth = Smooth(job["loaded"].model, num_classes=job["num_classes"], sigma=job["sigma"], sound=args.sound)
+    smooth = Smooth(job["loaded"].model, num_classes=job["num_classes"], sigma=job["sigma"], sound=args.sound,
+                    device=None if ray_address else device)
     with terminate_as_interrupt():
         report = certify_dataset(
             smooth, job["dataset"], out=out, resume=args.resume, overwrite=args.overwrite, n_select=args.n_select,
             n_estimate=args.n_estimate, alpha=args.alpha, batch_size=args.batch_size, seed=args.seed,
             first_order=args.first_order, start=args.start, skip=args.skip, max_examples=args.max_examples,
             verbose=not args.quiet, checkpoint=job["loaded"].name, dataset_name=job["dataset"].name,
-            record=job["record"], sequential=args.sequential, target_radius=args.target_radius,
-            radius_tol=args.radius_tol)
+            record=job["record"], device=device, workers=workers, ray_address=ray_address,
+            model_source=ModelSource.from_args(args) if workers else None, sequential=args.sequential,
+            target_radius=args.target_radius, radius_tol=args.radius_tol)
     print_report(report, out)
     set_summary(args, {"out": str(out), **report.summary()})
     return 0

@@ -2,12 +2,13 @@
 
 Examples::
 
-    certify study --out runs/study --quick        # CI-sized (<= 10 minutes on 2 cores)
-    certify study --out runs/study                # the full study (<= 60 minutes on 2 cores)
+    certify study --out runs/study --quick        # the CI-sized study (make test-slow-quick runs it)
+    certify study --out runs/study                # the full study
     certify study --out runs/study                # again: resumes, skipping finished stages
 
-Writes ``report.md`` (tables with units and sample counts, consistency checks, time per stage, and a
-"Reproduce" section), ``results.json``, ``plots/*.png`` and per-stage caches under ``--out``.
+Writes ``report.md`` (tables with units and sample counts, the hidden cost of smoothing (accuracy and
+disparity per class against sigma), robustness transfer to a fresh linear probe, consistency checks, time per
+stage, and a "Reproduce" section), ``results.json``, ``plots/*.png`` and per-stage caches under ``--out``.
 Exit status 0 when every proof-vs-attack consistency check passed, 3 when a check found a violation
 (a certificate contradicted by an attack: a bug), 2 for bad arguments.
 """
@@ -27,8 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/study",
                         help="output directory (default runs/study; an existing one is resumed)")
     parser.add_argument("--quick", action="store_true",
-                        help="CI-sized study (<= 10 min on 2 idle cores): fewer examples and samples, the 4 "
-                             "trained models on 6,000 images for one epoch")
+                        help="the CI-sized study: fewer examples and samples, the 4 trained models on 6,000 "
+                             "images for one epoch")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random step (default 0)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice, normally the number of cores)")

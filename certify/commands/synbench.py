@@ -34,6 +34,7 @@ from certify.commands._common import (
     set_summary,
     shape_arg,
 )
+from certify.devices import add_device_argument, device_from_args
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pixel-mapping", default="official", choices=["official", "imagenet", "none", "clip"],
                         help="map from Gaussian samples to model input (default official: x + 0.5)")
     parser.add_argument("--batch-size", "--batch", dest="batch_size", type=positive_int, default=512)
-    parser.add_argument("--device", default="cpu")
+    add_device_argument(parser)
     parser.add_argument("--probe-dataset", metavar="NAME",
                         help="also run eps-robust linear probing on this dataset (certify.data.load_dataset)")
     parser.add_argument("--probe-eps", type=float_list, default=[0.0, 0.1, 0.2],
@@ -206,7 +207,7 @@ def _result(args, loaded, settings: dict, out: Path, reuse: bool):
         loaded.model, tuple(settings["input_shape"]), tuple(args.eps), n_train=settings["n_train"],
         n_test=settings["n_test"], separations=tuple(settings["separations"]), batch_size=args.batch_size,
         seed=args.seed, layer=settings["layer"], flatten=args.flatten, pixel_mapping=args.pixel_mapping,
-        device=args.device, name=loaded.stem, verbose=not args.quiet)
+        device=device_from_args(args), name=loaded.stem, verbose=not args.quiet)
 
 
 def run(args) -> int:
@@ -233,7 +234,7 @@ def run(args) -> int:
         if train is not None:
             probe = sb.robust_probe(loaded.model, train, test, tuple(args.probe_eps), synbench=result, a_t=args.a_t,
                                     layer=layer, flatten=args.flatten, batch_size=args.batch_size, seed=args.seed,
-                                    device=args.device, name=loaded.stem, verbose=not args.quiet)
+                                    device=device_from_args(args), name=loaded.stem, verbose=not args.quiet)
             atomic_write_json(out / "probe.json", probe.to_dict())
             text.append(probe.summary())
             summary["probe"] = probe.to_dict()

@@ -5,6 +5,7 @@ import argparse
 import json
 
 from certify.commands._common import check_out, set_summary
+from certify.devices import add_device_argument, device_from_args
 
 HELP = "train a zoo model (clean, Gaussian noise for smoothing, FGSM/PGD adversarial, adversarial fine-tuning)"
 
@@ -28,6 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pgd-steps", type=int, default=7)
     p.add_argument("--init", default=None, help="shipped checkpoint name or path to fine-tune from")
     p.add_argument("--max-train", type=int, default=None, help="train on the first N images only")
+    add_device_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
                    batch_size=args.batch_size, lr=args.lr, augment=args.augment, eps=args.eps,
                    adv_fraction=args.adv_fraction, pgd_steps=args.pgd_steps, init=args.init, out=args.out,
                    max_train=args.max_train, optimizer=args.optimizer,
-                   verbose=not args.quiet)
+                   verbose=not args.quiet, device=device_from_args(args))
     print(json.dumps(result.to_dict(), indent=2, sort_keys=True))
     print(f"clean test accuracy {result.test_accuracy:.4f} after {result.train_seconds:.0f} s; wrote {args.out}")
     set_summary(args, result.to_dict())

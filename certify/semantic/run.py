@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -28,7 +29,7 @@ from .verify import verify_semantic
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["semantic_report"]
+__all__ = ["semantic_report", "SemanticJob"]
 
 # rendered files of a run (deleted with its rows by overwrite=True)
 ARTIFACTS = ("summary.json", "report.md", "semantic_accuracy.png", "semantic_ranges.png", "semantic_examples.png")
@@ -70,7 +71,8 @@ def semantic_report(model: nn.Module, dataset: Any, perturbations: Sequence[Any]
                     max_refine: int = 4, attack: bool = True, attack_grid: int = 1001, attack_steps: int = 20,
                     batch_size: int = 32, seed: int = 0, baseline: str | None = None,
                     margin_tol: float = 1e-4, alpha_iterations: int = 20, plots: bool = True,
-                    verbose: bool = True) -> SemanticReport:
+                    verbose: bool = True, workers: int | None = None, ray_address: str | None = None,
+                    model_source: Any = None) -> SemanticReport:
     """Run :func:`verify_semantic` on dataset examples 0, skip, 2 skip, ... for every perturbation.
 
     Rows (:data:`ROW_COLUMNS`) are appended to ``out/rows.tsv`` as they are produced. ``resume=True``
@@ -86,6 +88,10 @@ def semantic_report(model: nn.Module, dataset: Any, perturbations: Sequence[Any]
 
     ``max_param`` as in :func:`verify_semantic` (a mapping gives each family its own range).
     ``dataset``: anything with ``len`` and ``ds[i] -> (x, y)`` (e.g. :func:`certify.data.load_dataset`).
+
+    ``workers=N`` verifies the (example, family) pairs on N Ray actors (:func:`certify.distributed.run_on_ray`;
+    ``ray_address`` and ``model_source`` as in :func:`certify.runs.certify_dataset`); the driver alone writes
+    the rows, in the same order, so ``rows.tsv`` is the same (apart from ``time``) as without workers.
     """
     check_model(model)
     perturbations = _check_perturbations(perturbations)
@@ -104,6 +110,11 @@ def semantic_report(model: nn.Module, dataset: Any, perturbations: Sequence[Any]
         "max_examples": None if max_examples is None else check_int("max_examples", max_examples, 1),
     }
     batch_size = check_int("batch_size", batch_size, 1)
+    parallel = None
+    if workers is not None or ray_address is not None or model_source is not None:
+        from certify.distributed import check_parallel
+
+        parallel = check_parallel(workers, ray_address, model_source)
     check_bool("resume", resume)
     check_bool("overwrite", overwrite)
     if overwrite and resume:
@@ -122,24 +133,68 @@ def semantic_report(model: nn.Module, dataset: Any, perturbations: Sequence[Any]
         todo = [(i, p) for i in indices for p in perturbations if (i, p.name) not in done]
         logger.info("semantic report: %d examples x %d families, %d to do (%d done)", len(indices),
                     len(perturbations), len(todo), len(done))
+        job = SemanticJob(perturbations={p.name: p for p in perturbations}, ranges=ranges, opts=opts,
+                          batch_size=batch_size, example_input=dataset[0][0])
+        units = [(i, p.name) for i, p in todo]
         with progress(total=len(todo), desc="semantic", unit="cert", enabled=verbose) as bar:
-            for i, p in todo:
-                x, y = dataset[i]
-                rng = ranges[p.name]
-                cert = verify_semantic(model, x, int(y), p, method=opts["method"],
-                                       max_param=rng if len(rng) > 1 else rng[0], n_splits=opts["n_splits"],
-                                       max_refine=opts["max_refine"], attack=opts["attack"],
-                                       attack_grid=opts["attack_grid"], attack_steps=opts["attack_steps"],
-                                       batch_size=batch_size, seed=opts["seed"], baseline=opts["baseline"],
-                                       margin_tol=opts["margin_tol"], alpha_iterations=opts["alpha_iterations"],
-                                       _model_net=model_net)
-                run.append(*rows_from_certificate(i, cert))
-                bar.update(1)
+            if parallel is not None and units:
+                from certify.distributed import run_on_ray
+
+                done_rows: dict = {}
+
+                def emit(row: dict) -> None:
+                    run.append(row)
+                    key = (int(row["idx"]), str(row["perturbation"]))
+                    done_rows[key] = done_rows.get(key, 0) + 1
+                    if done_rows[key] == n_params[key[1]]:
+                        bar.update(1)
+
+                run_on_ray(model=model, source=parallel["source"], job=job, units=units, example=lambda u: u[0],
+                           dataset=dataset, emit=emit, workers=parallel["workers"],
+                           ray_address=parallel["ray_address"])
+            else:
+                state = (model, model_net)
+                for unit in units:
+                    x, y = dataset[unit[0]]
+                    run.append(*job.run(state, unit, x, int(y)))
+                    bar.update(1)
     wanted = set(indices)
     report = SemanticReport(tuple(r for r in SemanticReport.from_tsv(Path(out) / "rows.tsv").rows
                                   if int(r["idx"]) in wanted), settings)
     _render(report, Path(out), dataset, perturbations, plots)
     return report
+
+
+@dataclass(frozen=True)
+class SemanticJob:
+    """One (example, family) pair per unit: :func:`verify_semantic` with the run's options, its rows.
+
+    Used in-process and, pickled, by every Ray worker (:func:`certify.distributed.run_on_ray`), so both
+    paths compute the same rows.
+    """
+
+    perturbations: dict
+    ranges: dict
+    opts: dict
+    batch_size: int
+    example_input: Any
+
+    def prepare(self, model: nn.Module) -> tuple[nn.Module, Any]:
+        """Per worker, once: the model and its auto_LiRPA bounded module."""
+        return model, lirpa.bounded_module(model, self.example_input.float().unsqueeze(0))
+
+    def run(self, state: tuple[nn.Module, Any], unit: tuple[int, str], x: Any, label: int) -> list[dict]:
+        model, model_net = state
+        idx, name = unit
+        rng, opts = self.ranges[name], self.opts
+        cert = verify_semantic(model, x, int(label), self.perturbations[name], method=opts["method"],
+                               max_param=rng if len(rng) > 1 else rng[0], n_splits=opts["n_splits"],
+                               max_refine=opts["max_refine"], attack=opts["attack"],
+                               attack_grid=opts["attack_grid"], attack_steps=opts["attack_steps"],
+                               batch_size=self.batch_size, seed=opts["seed"], baseline=opts["baseline"],
+                               margin_tol=opts["margin_tol"], alpha_iterations=opts["alpha_iterations"],
+                               _model_net=model_net)
+        return rows_from_certificate(idx, cert)
 
 
 def _complete_groups(run: Any, n_params: dict[str, int]) -> set[tuple[int, str]]:
