@@ -361,7 +361,7 @@ def _roots_in_range(r: float, l0: float, l1: float) -> list[float]:
         return math.exp(r * x - 0.5 * r * r) - l0 - l1 * x
 
     lo, hi = -_X_MAX, _X_MAX
-    roots = []
+    roots: list[float] = []
     if l1 > 0.0:
         x_min = (math.log(l1) - math.log(r) + 0.5 * r * r) / r  # l1 / r may underflow to 0
         if s(min(max(x_min, lo), hi)) >= 0.0:
@@ -578,7 +578,7 @@ class _TwoComponentSolver:
         f_lo = d - 0.5
         if f_lo <= 0.0:
             return lo
-        hi = None
+        hi, f_hi = None, 0.0
         for _ in range(80):
             tol = rtol * max(lo, 1e-2)
             if hi is not None and hi - lo <= tol:

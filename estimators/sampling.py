@@ -38,7 +38,7 @@ import math
 import numbers
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -74,7 +74,7 @@ class _NoiseBatches:
         self.inputs = [torch.empty((bs, *x.shape), device=x.device, dtype=x.dtype) for _ in range(slots)]
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="certify-noise") if overlap else None
         self._next = 0
-        self._pending = None
+        self._pending: Optional[Future] = None
 
     def _draw(self, i: int) -> torch.Tensor:
         """Noise of batch i (the helper thread's only job: ``normal_`` is a serial kernel, no thread team)."""
@@ -155,6 +155,52 @@ def _check_hooks(x: torch.Tensor, target, input_dtype, noise_source) -> torch.dt
     return input_dtype
 
 
+def _check_sample_args(classifier, x, sigma, n, num_classes, batch_size, seed, generator, target):
+    """Validated (n, num_classes, batch_size, generator, target) of :func:`sample_noise`."""
+    if not callable(classifier):
+        raise TypeError(f"classifier must be callable, got {type(classifier).__name__}")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not torch.is_floating_point(x):
+        raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not (
+            math.isfinite(float(sigma)) and float(sigma) > 0):
+        raise ValueError(f"sigma must be a positive finite number, got {sigma!r}")
+    n = check_int("n", n)
+    num_classes = check_int("num_classes", num_classes, 2)
+    batch_size = check_int("batch_size", batch_size)
+    if (seed is None) == (generator is None):
+        raise ValueError("give exactly one of seed or generator")
+    if generator is None:
+        seed = check_int("seed", seed, 0)
+        generator = make_generator(seed, x.device)
+    elif not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if target is not None:
+        target = check_int("target", target, 0)
+        if target >= num_classes:
+            raise ValueError(f"target must be in [0, {num_classes}), got {target}")
+        if n < 2:
+            raise ValueError("first-order sums need n >= 2 (two halves)")
+    return n, num_classes, batch_size, generator, target
+
+
+def _first_scores(classifier, batch: torch.Tensor, b: int, shape: tuple, num_classes: int) -> torch.Tensor:
+    """The classifier's scores on the first batch, with the mistakes a new user makes explained."""
+    try:
+        scores = classifier(batch)
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        raise ValueError(
+            f"the model failed on a batch of shape {(b, *shape)} built from x of shape {shape}: {exc}; "
+            "does x have the shape the model expects (one example, no batch axis)?") from exc
+    if not isinstance(scores, torch.Tensor) or scores.ndim != 2 or tuple(scores.shape) != (b, num_classes):
+        got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise ValueError(
+            f"the model must map a batch of shape {(b, *shape)} to scores of shape (batch, num_classes)"
+            f" = {(b, num_classes)}, got {got}; check num_classes and the input shape")
+    return scores
+
+
 def sample_noise(
     classifier: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
@@ -182,30 +228,8 @@ def sample_noise(
     ``noise_source``) draws the next batch's noise in a helper thread; it never changes the results.
     See the module docstring for the outputs and what is deterministic.
     """
-    if not callable(classifier):
-        raise TypeError(f"classifier must be callable, got {type(classifier).__name__}")
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if not torch.is_floating_point(x):
-        raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
-    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not (math.isfinite(sigma) and sigma > 0):
-        raise ValueError(f"sigma must be a positive finite number, got {sigma!r}")
-    n = check_int("n", n)
-    num_classes = check_int("num_classes", num_classes, 2)
-    batch_size = check_int("batch_size", batch_size)
-    if (seed is None) == (generator is None):
-        raise ValueError("give exactly one of seed or generator")
-    if generator is None:
-        seed = check_int("seed", seed, 0)
-        generator = make_generator(seed, x.device)
-    elif not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    if target is not None:
-        target = check_int("target", target, 0)
-        if target >= num_classes:
-            raise ValueError(f"target must be in [0, {num_classes}), got {target}")
-        if n < 2:
-            raise ValueError("first-order sums need n >= 2 (two halves)")
+    n, num_classes, batch_size, generator, target = _check_sample_args(
+        classifier, x, sigma, n, num_classes, batch_size, seed, generator, target)
     input_dtype = _check_hooks(x, target, input_dtype, noise_source)
 
     shape = tuple(x.shape)
@@ -239,22 +263,8 @@ def sample_noise(
                 z, batch = source.noise[0][:b], noise_source(b, generator)  # z unused: no first-order sums here
             else:
                 z, batch = source.next()
-            if not checked:
-                try:
-                    scores = classifier(batch)
-                except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-                    raise ValueError(
-                        f"the model failed on a batch of shape {(b, *shape)} built from x of shape {shape}: {exc}; "
-                        "does x have the shape the model expects (one example, no batch axis)?") from exc
-            else:
-                scores = classifier(batch)
-            if not checked:
-                if not isinstance(scores, torch.Tensor) or scores.ndim != 2 or tuple(scores.shape) != (b, num_classes):
-                    got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
-                    raise ValueError(
-                        f"the model must map a batch of shape {(b, *shape)} to scores of shape (batch, num_classes)"
-                        f" = {(b, num_classes)}, got {got}; check num_classes and the input shape")
-                checked = True
+            scores = classifier(batch) if checked else _first_scores(classifier, batch, b, shape, num_classes)
+            checked = True
             nonfinite |= ~torch.isfinite(scores).all()
             pred = scores.argmax(dim=1)
             counts += torch.bincount(pred, minlength=num_classes)
