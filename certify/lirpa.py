@@ -77,7 +77,7 @@ _LIRPA_METHOD = {
 SUPPORTED_OPERATORS = {
     "BoundInput": "input", "BoundParams": "parameter", "BoundBuffers": "buffer", "BoundConstant": "constant",
     "BoundLinear": "nn.Linear / matmul with a constant", "BoundConv": "nn.Conv2d", "BoundRelu": "ReLU",
-    "BoundMaxPool": "nn.MaxPool2d", "BoundAveragePool": "nn.AvgPool2d",
+    "BoundMaxPool": "nn.MaxPool2d (stride = kernel)", "BoundAveragePool": "nn.AvgPool2d (stride = kernel)",
     "BoundBatchNormalization": "nn.BatchNorm (eval)", "BoundFlatten": "nn.Flatten / flatten",
     "BoundReshape": "view / reshape", "BoundUnsqueeze": "unsqueeze",
     "BoundAdd": "+", "BoundSub": "-", "BoundMul": "*", "BoundDiv": "/ by a constant",
@@ -213,6 +213,26 @@ def _shim_full_alpha_indices(patched: list[str]) -> None:
     patched.append("auto_LiRPA BoundRelu.init_opt_parameters (dense alpha with > 90% unstable neurons)")
 
 
+def _shim_avgpool_contiguous(patched: list[str]) -> None:
+    """auto_LiRPA 0.3's AvgPool backward calls ``.view`` on the incoming A matrix, which fails ("view size is
+    not compatible") when that matrix is a non-contiguous tensor (e.g. after MaxPool in forward+backward
+    mode). Same values, made contiguous first."""
+    from auto_LiRPA.operators.pooling import BoundAveragePool
+
+    original = BoundAveragePool.bound_backward
+    if getattr(original, "_certify_shim", False):
+        return
+
+    def bound_backward(self, last_lA, last_uA, x):
+        last_lA = last_lA.contiguous() if isinstance(last_lA, torch.Tensor) else last_lA
+        last_uA = last_uA.contiguous() if isinstance(last_uA, torch.Tensor) else last_uA
+        return original(self, last_lA, last_uA, x)
+
+    bound_backward._certify_shim = True
+    BoundAveragePool.bound_backward = bound_backward
+    patched.append("auto_LiRPA BoundAveragePool.bound_backward (non-contiguous A)")
+
+
 @contextlib.contextmanager
 def _quiet():
     """Keep auto_LiRPA's chatter out of the user's console.
@@ -270,6 +290,7 @@ def _lirpa() -> types.SimpleNamespace:
         _shim_named_members(auto_lirpa.BoundedModule, patched)
         _shim_relu_alpha_clamp(patched)
         _shim_full_alpha_indices(patched)
+        _shim_avgpool_contiguous(patched)
         # its module logger is set to INFO at import; our own logger reports what matters
         for name in ("auto_LiRPA", "auto_LiRPA.utils"):
             logging.getLogger(name).setLevel(logging.WARNING)
@@ -319,25 +340,38 @@ class BoundedNet:
         self._model = model
         self._batch_size = batch_size
         self._has_maxpool = any(type(n).__name__ == "BoundMaxPool" for n in module._modules.values())
+        self._frozen_batch = _frozen_batch_reshape(module, batch_size)
         self._per_batch: dict[int, Any] = {batch_size: module}
         self._last_module: Any = None
         self.unsound_linear_ops = _duplicate_index_gathers(module)
 
     def _module_for(self, method: str, batch_size: int) -> Any:
-        """The wrapper to use for a call. auto_LiRPA 0.3's alpha-CROWN for MaxPool sizes its slopes
-        with the batch size seen when the graph was traced (other sizes crash), so that case gets
-        one wrapper per batch size, traced from the same model."""
-        if method != "alpha-crown" or not self._has_maxpool or batch_size == self._batch_size:
+        """The wrapper to use for a call. auto_LiRPA 0.3's alpha-CROWN and forward mode for MaxPool size
+        their tensors with the batch size seen when the graph was traced (other sizes crash), so those
+        cases get one wrapper per batch size, traced from the same model."""
+        per_batch = self._frozen_batch or (method in ("alpha-crown", "forward+backward") and self._has_maxpool)
+        if not per_batch or batch_size == self._batch_size:
             return self.module
         if batch_size not in self._per_batch:
             example = torch.zeros((batch_size, *self.input_shape))
             self._per_batch[batch_size] = _build(self._model, example, self.conv_mode)[0]
-            logger.debug("alpha-CROWN with MaxPool: traced a wrapper for batch size %d", batch_size)
+            logger.debug("%s with MaxPool: traced a wrapper for batch size %d", method, batch_size)
         return self._per_batch[batch_size]
 
     def __repr__(self) -> str:
         return (f"BoundedNet(input_shape={self.input_shape}, output_dim={self.output_dim}, "
                 f"conv_mode={self.conv_mode!r})")
+
+
+def _frozen_batch_reshape(module: Any, batch_size: int) -> bool:
+    """Whether a reshape in the traced graph has the example's batch size built in (``x.view(x.shape[0], -1)``
+    is traced as a constant shape); such graphs are re-traced for every other batch size."""
+    for node in module._modules.values():
+        if type(node).__name__ == "BoundReshape" and len(node.inputs) > 1:
+            shape = getattr(node.inputs[1], "value", None)
+            if isinstance(shape, torch.Tensor) and shape.numel() > 0 and int(shape.reshape(-1)[0]) == batch_size:
+                return True
+    return False
 
 
 def _duplicate_index_gathers(module: Any) -> tuple[str, ...]:
@@ -443,7 +477,18 @@ def _unsupported(module: Any) -> list[str]:
             bad.append(f"{kind[5:] if kind.startswith('Bound') else kind} (node {node.name})")
         elif kind == "BoundDiv" and getattr(node.inputs[1], "perturbed", False):
             bad.append(f"Div by a value that depends on the input (node {node.name})")
+        elif kind in ("BoundMaxPool", "BoundAveragePool") and not _plain_pool(node):
+            bad.append(f"{kind[5:]} with stride != kernel size or padding (node {node.name})")
     return bad
+
+
+def _plain_pool(node: Any) -> bool:
+    """Pooling with stride == kernel size and no padding, e.g. nn.MaxPool2d(2) (the case the tests cover;
+    auto_LiRPA 0.3's AvgPool backward assumes it)."""
+    kernel = list(getattr(node, "kernel_size", []) or [])
+    stride = list(getattr(node, "stride", []) or [])
+    padding = [int(v) for v in (getattr(node, "padding", [0]) or [0])]
+    return bool(kernel) and kernel == stride and not any(padding)
 
 
 def _supported_text() -> str:

@@ -259,7 +259,8 @@ class SemanticPerturbation(abc.ABC):
         return f"{type(self).__name__}(domain={self.domain!r}, default_range={self.default_range!r})"
 
     def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self.to_dict() == other.to_dict()  # type: ignore[union-attr]
+        return isinstance(other, SemanticPerturbation) and type(self) is type(other) \
+            and self.to_dict() == other.to_dict()
 
     def __hash__(self) -> int:
         return hash((type(self).__name__, repr(self.domain), repr(self.default_range)))
@@ -326,7 +327,6 @@ class SemanticPerturbation(abc.ABC):
         ValueError for NaN/inf, empty intervals (lo > hi; lo == hi is a single point) and intervals
         outside :attr:`domain`; TypeError for non-numeric input.
         """
-        k = self.n_params
         lo_t = self._as_param_tensor("lo", lo)
         hi_t = self._as_param_tensor("hi", hi)
         if lo_t.shape != hi_t.shape:
@@ -336,7 +336,7 @@ class SemanticPerturbation(abc.ABC):
         if torch.isnan(lo_t).any() or torch.isnan(hi_t).any():
             raise ValueError("lo/hi must not be NaN")
         if (lo_t > hi_t).any():
-            bad = torch.nonzero((lo_t > hi_t).any(dim=1))[0].item()
+            bad = int(torch.nonzero((lo_t > hi_t).any(dim=1))[0].item())
             raise ValueError(f"empty parameter interval: lo > hi at row {bad} "
                              f"(lo={lo_t[bad].tolist()}, hi={hi_t[bad].tolist()})")
         dlo, dhi = self.domain_tensors()

@@ -70,7 +70,7 @@ def _trapezoid(q: torch.Tensor) -> torch.Tensor:
 def _hsl(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """x (...,3,H,W) -> l, s, f(l) = 1 - |2l - 1|, C (each (...,1,H,W)); s = 0 for grey pixels."""
     M, m, C = _minmax(x)
-    l = (M + m) / 2
+    l = (M + m) / 2  # noqa: E741
     f = 1.0 - torch.abs(2.0 * l - 1.0)
     s = torch.clamp(C / torch.where(C > 0, f, torch.ones_like(f)), 0.0, 1.0)   # clamp: rounding only
     return l, torch.where(C > 0, s, torch.zeros_like(s)), f, C
@@ -189,7 +189,7 @@ class Saturation(PiecewiseLinear1D):
     DEFAULT_RANGE = (-0.3, 0.3)
 
     def _pointwise(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        l, s, _, C = _hsl(x)
+        l, s, _, C = _hsl(x)  # noqa: E741
         chrom = C > 0
         sp = torch.clamp(s + t, 0.0, 1.0)
         ratio = torch.where(chrom, sp / torch.where(chrom, s, torch.ones_like(s)), torch.ones_like(sp))
@@ -202,7 +202,7 @@ class Saturation(PiecewiseLinear1D):
     def _layer_spec(self, x: torch.Tensor, domain_lo: torch.Tensor, domain_hi: torch.Tensor) -> dict:
         Cc, H, W = x.shape
         P = H * W
-        l, s, _, C = (v.reshape(P) for v in _hsl(x))
+        l, s, _, C = (v.reshape(P) for v in _hsl(x))  # noqa: E741
         chrom = C > 0
         out_idx = _pixel_index(Cc, H, W)
         pix = torch.nonzero(chrom).reshape(-1)
@@ -241,7 +241,7 @@ class Lightness(PiecewiseLinear1D):
     DEFAULT_RANGE = (-0.2, 0.2)
 
     def _pointwise(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        l, _, f, C = _hsl(x)
+        l, _, f, C = _hsl(x)  # noqa: E741
         chrom = C > 0
         lp = torch.clamp(l + t, 0.0, 1.0)
         fp = 1.0 - torch.abs(2.0 * lp - 1.0)
@@ -249,13 +249,13 @@ class Lightness(PiecewiseLinear1D):
         return x + (lp - l) + (x - l) * (ratio - 1.0)
 
     def _breakpoints(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-        l, _, _, _ = _hsl(x)
+        l, _, _, _ = _hsl(x)  # noqa: E741
         return torch.stack([-l, 0.5 - l, 1.0 - l], dim=0).unsqueeze(0).expand(lo.shape[0], -1, -1, -1, -1)
 
     def _layer_spec(self, x: torch.Tensor, domain_lo: torch.Tensor, domain_hi: torch.Tensor) -> dict:
         Cc, H, W = x.shape
         P = H * W
-        l, _, f, C = (v.reshape(P) for v in _hsl(x))
+        l, _, f, C = (v.reshape(P) for v in _hsl(x))  # noqa: E741
         chrom = C > 0
         out_idx = _pixel_index(Cc, H, W)
         unit_w = torch.ones(3 * P, 1, dtype=torch.float64)
@@ -298,7 +298,7 @@ class Brightness(PiecewiseLinear1D):
 
     def _layer_spec(self, x: torch.Tensor, domain_lo: torch.Tensor, domain_hi: torch.Tensor) -> dict:
         v = x.reshape(-1)
-        O = v.numel()
+        O = v.numel()  # noqa: E741
         ar = torch.arange(O)
         return {"unit_w": torch.ones(2 * O, 1, dtype=torch.float64), "unit_c": torch.cat([v, v - 1.0]),
                 "rows": torch.cat([ar, ar]), "cols": torch.cat([ar, ar + O]),
@@ -398,7 +398,7 @@ class Contrast(_Pivoted, PiecewiseLinear1D):
     def _layer_spec(self, x: torch.Tensor, domain_lo: torch.Tensor, domain_hi: torch.Tensor) -> dict:
         v = x.reshape(-1)
         d = (x - self._pivot_of(x)).reshape(-1)
-        O = v.numel()
+        O = v.numel()  # noqa: E741
         ar = torch.arange(O)
         # relu(d a + x) - relu(d a + x - 1) = clip(x + a d, 0, 1)
         return {"unit_w": torch.cat([d, d])[:, None], "unit_c": torch.cat([v, v - 1.0]),
@@ -457,7 +457,7 @@ class BrightnessContrast(_Pivoted, SemanticPerturbation):
     def _layer_spec(self, x: torch.Tensor, domain_lo: torch.Tensor, domain_hi: torch.Tensor) -> dict:
         v = x.reshape(-1)
         d = (x - self._pivot_of(x)).reshape(-1)
-        O = v.numel()
+        O = v.numel()  # noqa: E741
         ar = torch.arange(O)
         w = torch.stack([d, torch.ones_like(v)], dim=1)
         return {"unit_w": torch.cat([w, w]), "unit_c": torch.cat([v, v - 1.0]),

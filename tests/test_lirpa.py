@@ -250,6 +250,13 @@ class ScalarNormalised(nn.Module):
         return self.fc(h.reshape(h.shape[0], -1))
 
 
+def lenet_like():
+    """LeNet-5-style: conv-pool-conv-pool-fc-fc (small)."""
+    return nn.Sequential(nn.Conv2d(1, 4, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 6, 5, padding=2),
+                         nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(6 * 3 * 3, 20), nn.ReLU(),
+                         nn.Linear(20, 5))
+
+
 class Normalize(nn.Module):
     """A user ``Normalize`` module: per-channel buffers viewed as (C, 1, 1)."""
 
@@ -286,7 +293,7 @@ CASES = {
     "cnn": (small_cnn, (1, 6, 6), 0.1, ("crown-ibp",), "patches"),
     "cnn-matrix": (small_cnn, (1, 6, 6), 0.1, (), "matrix"),
     "batchnorm-avgpool": (bn_net, (1, 6, 6), 0.1, ("crown-ibp",), "patches"),
-    "maxpool": (maxpool_net, (1, 6, 6), 0.1, (), "patches"),
+    "maxpool": (maxpool_net, (1, 6, 6), 0.1, ("forward+backward", "crown-ibp"), "patches"),
     "view": (ViewNet, (6,), 0.3, ("crown-ibp",), "auto"),
     "clip-max-rewrites": (ClipMax, (5,), 0.4, ("crown-ibp",), "auto"),
     "sin-cos": (SinCos, (4,), 0.3, ("crown-ibp",), "auto"),
@@ -296,6 +303,7 @@ CASES = {
     "semantic-2param": (lambda: SemanticStyle(2), (2,), 0.3, ("crown-ibp", "forward+backward"), "auto"),
     "reduce-sum": (SumNet, (5,), 0.3, ("crown-ibp",), "auto"),
     "normalise-0dim-buffers": (ScalarNormalised, (1, 8, 8), 0.1, ("crown-ibp",), "auto"),
+    "lenet-maxpool": (lenet_like, (1, 12, 12), 0.05, ("crown-ibp", "forward+backward"), "patches"),
     "normalise-module-per-channel": (channel_normalised, (3, 6, 6), 0.1, ("crown-ibp",), "auto"),
     "normalise-torchvision": (torchvision_normalised, (1, 6, 6), 0.1, ("crown-ibp",), "auto"),
 }
@@ -372,7 +380,8 @@ def test_batch_size_changes_and_state_reset():
     C3 = lirpa.margin_spec(torch.tensor([0, 1, 2]), 4)
     ref = lirpa.compute_bounds(bounded, x_lower=lo, x_upper=hi, method="crown", C=C3)
     for method, n, spec in [("alpha-crown", 3, C3), ("alpha-crown", 1, None), ("crown", 2, None),
-                            ("alpha-crown", 2, C3[:2]), ("crown", 3, C3)]:
+                            ("alpha-crown", 2, C3[:2]), ("crown", 3, C3),
+                            ("forward+backward", 3, C3), ("forward+backward", 2, None)]:
         b = lirpa.compute_bounds(bounded, x_lower=lo[:n], x_upper=hi[:n], method=method, C=spec,
                                  alpha_iterations=3)
         check_contains(model, b, lo[:n], hi[:n], spec, gen, f"{method}/{n}")

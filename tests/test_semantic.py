@@ -39,11 +39,32 @@ def _cnn(channels: int = 3, classes: int = 5) -> nn.Module:
                          nn.Flatten(), nn.Linear(8 * 16, 16), nn.ReLU(), nn.Linear(16, classes)).eval()
 
 
-def make_case(p, seed: int = 3):
+class _PoolNet(nn.Module):
+    """Normalisation inside forward (0-dim buffers), MaxPool, Dropout (eval), reshape: a 'real' model."""
+
+    def __init__(self, channels: int = 3, classes: int = 5):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(0.45))
+        self.register_buffer("std", torch.tensor(0.25))
+        self.features = nn.Sequential(nn.Conv2d(channels, 8, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2),
+                                      nn.Conv2d(8, 8, 3, 1, 1), nn.ReLU(), nn.AvgPool2d(2), nn.Dropout(0.3))
+        self.head = nn.Sequential(nn.Linear(8 * 4, 16), nn.ReLU(), nn.Linear(16, classes))
+
+    def forward(self, x):
+        h = self.features((x - self.mean) / self.std)
+        return self.head(h.reshape(h.shape[0], -1))
+
+
+def _pool_cnn() -> nn.Module:
+    return _PoolNet().eval()
+
+
+def make_case(p, seed: int = 3, arch=None):
     """Random 3x8x8 image + CNN whose label flips somewhere in p's default range (see module doc)."""
     x = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(seed + 1))
     torch.manual_seed(seed)
-    model = _cnn()
+    model = (arch or _cnn)()
+    last = model[-1] if isinstance(model, nn.Sequential) else model.head[-1]
     ranges = resolve_range(p, None)
     axes = [torch.linspace(a, b, 41 if len(ranges) == 1 else 11) for a, b in ranges]
     theta = torch.cartesian_prod(*axes).reshape(-1, len(ranges))
@@ -54,7 +75,7 @@ def make_case(p, seed: int = 3):
         drops = {j: float(((z[:, label] - z[:, j]) - (z0[label] - z0[j])).min()) for j in range(5) if j != label}
         j = min(drops, key=drops.get)
         delta = 0.4 * max(-drops[j], 1e-3)
-        model[-1].bias[j] += (z0[label] - z0[j]) - delta
+        last.bias[j] += (z0[label] - z0[j]) - delta
     assert int(model(x[None]).argmax()) == label
     return model, x, label
 
@@ -131,11 +152,32 @@ def _contains(outer, inner) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------
+VARIANTS = {"contrast:pivot=mean": ("contrast", {"pivot": "mean"}), "contrast:pivot=0": ("contrast", {"pivot": 0.0}),
+            "brightness_contrast:pivot=mean": ("brightness_contrast", {"pivot": "mean"}),
+            "rotation:fill=0": ("rotation", {"fill": 0.0})}
+
+
+@pytest.mark.parametrize("variant", ["brightness", "contrast", "hue", "rotation", "brightness_contrast",
+                                     *sorted(VARIANTS)])
+def test_certificates_sound_on_a_maxpool_model_normalising_inside_forward(variant):
+    """Real-model operators (0-dim normalisation buffers, MaxPool, AvgPool, Dropout, reshape) and every
+    convention: grid + random parameters inside the certified range never flip, every box bound lies
+    below the sampled margins, attacks are real flips."""
+    name, opts = VARIANTS.get(variant, (variant, {}))
+    p = semantic_layers.get(name, **opts)
+    model, x, label = make_case(p, seed=5, arch=_pool_cnn)
+    cert = verify_semantic(model, x, label, p, n_splits=8, max_refine=3,
+                           attack_grid=401 if p.n_params == 1 else 121)
+    check_certificate(model, p, x, label, cert)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_certificates_are_sound(family):
     p = semantic_layers.get(family)
     model, x, label = make_case(p)
     kw = dict(n_splits=8, max_refine=3, attack_grid=1001 if p.n_params == 1 else 441)
+    if p.kind == "box":     # the family's default (finer) splitting
+        kw.update(n_splits=None, max_refine=None)
     cert = verify_semantic(model, x, label, p, **kw)
     check_certificate(model, p, x, label, cert)
     # the fixture guarantees a flip on a grid the attack searches, and something certified

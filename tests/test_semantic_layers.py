@@ -154,7 +154,7 @@ def test_registry_recipe_adds_a_family():
 
         def _layer_spec(self, x, dlo, dhi):
             v = x.reshape(-1)
-            O = v.numel()
+            O = v.numel()  # noqa: E741
             ar = torch.arange(O)
             return {"unit_w": torch.cat([v, v])[:, None], "unit_c": torch.cat([v, v - 1.0]),
                     "rows": torch.cat([ar, ar]), "cols": torch.cat([ar, ar + O]),
@@ -390,11 +390,11 @@ def _colorsys_hls(x: torch.Tensor, theta: float, which: str) -> torch.Tensor:
     for i in range(H):
         for j in range(W):
             r, g, b = (float(v) for v in x[:, i, j])
-            h, l, s = colorsys.rgb_to_hls(r, g, b)
+            h, l, s = colorsys.rgb_to_hls(r, g, b)  # noqa: E741
             if which == "saturation":
                 s = min(max(s + theta, 0.0), 1.0)
             else:
-                l = min(max(l + theta, 0.0), 1.0)
+                l = min(max(l + theta, 0.0), 1.0)  # noqa: E741
             out[:, i, j] = torch.tensor(colorsys.hls_to_rgb(h, l, s), dtype=x.dtype)
     return out
 
@@ -553,7 +553,8 @@ def test_bad_input(name):
         p.apply(x - 0.5, z)
     if p.requires_channels == 3:
         for gray in (x[:1], torch.cat([x, x[:1]])):
-            for call in (lambda: p.apply(gray, z), lambda: p.layer(gray), lambda: p.pixel_bounds(gray, z, z)):
+            for call in (lambda g=gray: p.apply(g, z), lambda g=gray: p.layer(g),
+                         lambda g=gray: p.pixel_bounds(g, z, z)):
                 with pytest.raises(ValueError, match="3-channel"):
                     call()
     # theta

@@ -74,11 +74,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: each family's default range). For brightness_contrast, R1:R2 means "
                              "[-R1, R1] x [-R2, R2]. Write a negative start as --max-param=-5:10")
     parser.add_argument("--skip", type=positive_int, default=1, help="take every SKIP-th example (default 1)")
-    parser.add_argument("--n-splits", type=positive_int, default=8, help="initial sub-intervals per range (default 8)")
-    parser.add_argument("--max-refine", type=nonnegative_int, default=4,
-                        help="bisections of a failing sub-interval (default 4)")
-    parser.add_argument("--attack-grid", type=positive_int, default=1001,
-                        help="parameter grid of the flip search (1001)")
+    parser.add_argument("--n-splits", type=positive_int, default=None,
+                        help="initial sub-intervals per range (default 8; 32 for rotation)")
+    parser.add_argument("--max-refine", type=nonnegative_int, default=None,
+                        help="bisection levels of a failing sub-interval (default 4; 6 for rotation)")
+    parser.add_argument("--attack-grid", type=positive_int, default=201,
+                        help="parameter grid of the flip search (201)")
     parser.add_argument("--attack-steps", type=nonnegative_int, default=20,
                         help="gradient / bisection steps of the flip search")
     parser.add_argument("--no-attack", action="store_true", help="skip the flip search")

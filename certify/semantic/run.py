@@ -67,8 +67,8 @@ def _settings(model: nn.Module, dataset: Any, perturbations: Sequence[Any], rang
 
 def semantic_report(model: nn.Module, dataset: Any, perturbations: Sequence[Any], *, out: str | os.PathLike,
                     method: str = "crown", max_param: Any = None, max_examples: int | None = None,
-                    skip: int = 1, resume: bool = True, overwrite: bool = False, n_splits: int = 8,
-                    max_refine: int = 4, attack: bool = True, attack_grid: int = 1001, attack_steps: int = 20,
+                    skip: int = 1, resume: bool = True, overwrite: bool = False, n_splits: int | None = None,
+                    max_refine: int | None = None, attack: bool = True, attack_grid: int = 201, attack_steps: int = 20,
                     batch_size: int = 32, seed: int = 0, baseline: str | None = None,
                     margin_tol: float = 1e-4, alpha_iterations: int = 20, plots: bool = True,
                     verbose: bool = True, workers: int | None = None, ray_address: str | None = None,
@@ -101,7 +101,8 @@ def semantic_report(model: nn.Module, dataset: Any, perturbations: Sequence[Any]
         raise ValueError("dataset must hold at least one example")
     opts = {
         "method": check_method(method), "baseline": check_baseline(baseline),
-        "n_splits": check_int("n_splits", n_splits, 1), "max_refine": check_int("max_refine", max_refine, 0),
+        "n_splits": None if n_splits is None else check_int("n_splits", n_splits, 1),
+        "max_refine": None if max_refine is None else check_int("max_refine", max_refine, 0),
         "attack": check_bool("attack", attack), "attack_grid": check_int("attack_grid", attack_grid, 3),
         "attack_steps": check_int("attack_steps", attack_steps, 0), "seed": check_int("seed", seed, 0),
         "margin_tol": check_float("margin_tol", margin_tol, low=0.0),

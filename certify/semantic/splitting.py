@@ -8,43 +8,52 @@ from .bounds import _Bounder
 
 
 def certify_1d(bounder: _Bounder, lo: float, hi: float, *, n_splits: int, max_refine: int,
-                tol: float, pieces: list) -> tuple[float, float, int]:
-    """Largest [c_lo, c_hi] around 0 inside [lo, hi] whose pieces verify; returns (c_lo, c_hi, n_refined)."""
+               tol: float, pieces: list) -> tuple[float, float, int]:
+    """Largest [c_lo, c_hi] around 0 inside [lo, hi] whose pieces verify; returns (c_lo, c_hi, n_refined).
+
+    Both sides of 0 are bounded together: first ``n_splits`` pieces (shared between the sides in proportion
+    to their length), then, round by round, the failing piece nearest to 0 on each side is cut into 4 (two
+    bisection levels; one when only one is left) and the new pieces of both sides are bounded in one call,
+    until every side is verified to its end or its failing piece is ``max_refine`` levels deep."""
     total = hi - lo
-    ends = {}
-    n_refined = 0
+    sides: dict[int, list] = {}
     for sign, end in ((-1, lo), (1, hi)):
         if end == 0.0:
-            ends[sign] = 0.0
             continue
-        n_side = max(1, int(round(n_splits * abs(end) / total))) if total > 0 else 1
+        n_side = max(1, int(round(n_splits * abs(end) / total)))
         edges = torch.linspace(0.0, end, n_side + 1, dtype=torch.float64).tolist()
         edges[-1] = end
-        side = [[edges[i], edges[i + 1], 0, None] for i in range(n_side)]   # inner, outer, depth, lb
-        _bound_side(bounder, side, pieces)
-        certified_to = end
-        while True:
-            first = next((i for i, p in enumerate(side) if p[3] <= tol), None)
+        sides[sign] = [[edges[i], edges[i + 1], 0, None] for i in range(n_side)]   # inner, outer, depth, lb
+    _bound_pieces(bounder, [q for side in sides.values() for q in side], pieces)
+    ends = {-1: 0.0 if lo == 0.0 else lo, 1: 0.0 if hi == 0.0 else hi}
+    open_sides = set(sides)
+    n_refined = 0
+    while open_sides:
+        new: list = []
+        for sign in sorted(open_sides):
+            side = sides[sign]
+            first = next((i for i, q in enumerate(side) if q[3] <= tol), None)
             if first is None:
-                break
+                open_sides.discard(sign)
+                continue
             inner, outer, depth, _ = side[first]
             if depth >= max_refine:
-                certified_to = inner
-                break
-            # two bisection levels per round (4 sub-intervals in one call: a call costs much more
-            # than a row), one when only one level is left
+                ends[sign] = inner
+                open_sides.discard(sign)
+                continue
             levels = min(2, max_refine - depth)
             cuts = torch.linspace(inner, outer, 2 ** levels + 1, dtype=torch.float64).tolist()
             cuts[0], cuts[-1] = inner, outer
             subs = [[a, b, depth + levels, None] for a, b in zip(cuts[:-1], cuts[1:])]
-            _bound_side(bounder, subs, pieces)
-            n_refined += 1
             side[first:first + 1] = subs
-        ends[sign] = certified_to
+            new += subs
+            n_refined += 1
+        if new:
+            _bound_pieces(bounder, new, pieces)
     return ends[-1], ends[1], n_refined
 
 
-def _bound_side(bounder: _Bounder, side: list, pieces: list) -> None:
+def _bound_pieces(bounder: _Bounder, side: list, pieces: list) -> None:
     lo = torch.tensor([[min(p[0], p[1])] for p in side], dtype=torch.float64)
     hi = torch.tensor([[max(p[0], p[1])] for p in side], dtype=torch.float64)
     lb = bounder.margins(lo, hi)

@@ -23,12 +23,16 @@ from .certificate import SemanticCertificate, tightness_1d
 from .inputs import check_baseline, check_method, check_model, check_perturbation, image_of, logits_of, resolve_range
 from .splitting import certify_1d, certify_2d
 
-__all__ = ["verify_semantic"]
+__all__ = ["verify_semantic", "DEFAULT_SPLITTING"]
+
+# (n_splits, max_refine) when not given, by family kind: "box" pieces are bounded with cheap CROWN-IBP over
+# narrow pixel boxes, so they start finer and refine deeper
+DEFAULT_SPLITTING = {"layer": (8, 4), "box": (32, 6)}
 
 
 def verify_semantic(model: nn.Module, x: torch.Tensor, label: int, perturbation: Any, *,
-                    method: str = "crown", max_param: Any = None, n_splits: int = 8,
-                    max_refine: int = 4, attack: bool = True, attack_grid: int = 1001,
+                    method: str = "crown", max_param: Any = None, n_splits: int | None = None,
+                    max_refine: int | None = None, attack: bool = True, attack_grid: int = 201,
                     attack_steps: int = 20, batch_size: int = 32, seed: int = 0,
                     baseline: str | None = None, margin_tol: float = 1e-4,
                     alpha_iterations: int = 20, _model_net: lirpa.BoundedNet | None = None
@@ -40,15 +44,19 @@ def verify_semantic(model: nn.Module, x: torch.Tensor, label: int, perturbation:
         x: one image (C,H,W) in [0,1] (colour families need C = 3).
         label: the class to certify, in [0, K).
         perturbation: a :class:`semantic_layers.SemanticPerturbation`.
-        method: "crown" (default), "alpha-crown" (tighter, 10-100x slower) or "ibp" (fast, loose).
+        method: "crown" (default), "alpha-crown" (slower) or "ibp" (fast, loose). "crown" bounds "layer"
+            families with auto_LiRPA's Forward+Backward on ``theta -> layer -> model`` (forward linear
+            intermediate bounds, CROWN for the margins; plain CROWN where the model has no forward mode) and
+            "box" families and baselines with CROWN-IBP over the pixel boxes of the pieces.
         max_param: requested range: None = the family's ``default_range``; r = ``[-r, r]``;
             ``(lo, hi)``; for two parameters ``((lo1, hi1), (lo2, hi2))`` or ``(r1, r2)``; or a
             mapping ``{family name: any of these}``. Must contain 0 and lie in the family's domain.
         n_splits: initial sub-intervals over the whole range (split between the two sides of 0 in
             proportion to their length); two parameters: grid cells per axis (n_splits // 2 rings).
+            None: :data:`DEFAULT_SPLITTING` of the family's kind (8 for "layer", 32 for "box").
         max_refine: how many times a failing sub-interval (cell) is bisected (quartered) before the
             certified range stops at it (one parameter: a round splits it into 4 = two bisection
-            levels at once).
+            levels at once). None: :data:`DEFAULT_SPLITTING` (4 for "layer", 6 for "box").
         attack, attack_grid, attack_steps: nearest-flip search: ``attack_grid`` evenly spaced
             parameters (k = 2: a sqrt(attack_grid)-per-axis grid), then sign-gradient steps on
             theta (min(attack_steps, 10), from the 2 lowest-margin grid points before the nearest
@@ -68,7 +76,9 @@ def verify_semantic(model: nn.Module, x: torch.Tensor, label: int, perturbation:
     check_perturbation(perturbation)
     opts = _Options(
         method=check_method(method), baseline=check_baseline(baseline),
-        n_splits=check_int("n_splits", n_splits, 1), max_refine=check_int("max_refine", max_refine, 0),
+        n_splits=check_int("n_splits", DEFAULT_SPLITTING[perturbation.kind][0] if n_splits is None else n_splits, 1),
+        max_refine=check_int("max_refine",
+                             DEFAULT_SPLITTING[perturbation.kind][1] if max_refine is None else max_refine, 0),
         attack=check_bool("attack", attack), attack_grid=check_int("attack_grid", attack_grid, 3),
         attack_steps=check_int("attack_steps", attack_steps, 0), batch_size=check_int("batch_size", batch_size, 1),
         alpha_iterations=check_int("alpha_iterations", alpha_iterations, 1),
@@ -83,6 +93,8 @@ def verify_semantic(model: nn.Module, x: torch.Tensor, label: int, perturbation:
         bounder = _Bounder(model, img, label, num_classes, perturbation, method=opts.method, baseline=opts.baseline,
                            batch_size=opts.batch_size, alpha_iterations=opts.alpha_iterations,
                            margin_tol=opts.margin_tol, model_net=_model_net)
+        bounder.range_lo = torch.tensor([a for a, _ in ranges], dtype=torch.float64)
+        bounder.range_hi = torch.tensor([b for _, b in ranges], dtype=torch.float64)
         path = _verify_1d if len(ranges) == 1 else _verify_2d
         found = path(model, img, label, perturbation, ranges, bounder, opts, clean_correct=predicted == label)
     return SemanticCertificate(
