@@ -20,6 +20,7 @@ from pathlib import Path
 from certify.commands._common import (  # noqa: F401 - the argparse types, re-exported for old imports
     add_model_arguments,
     add_run_arguments,
+    add_smoothing_data_arguments,
     nonnegative_int,
     positive_float,
     positive_int,
@@ -56,10 +57,7 @@ def add_budget_arguments(p: argparse.ArgumentParser, *, n_estimate: int) -> None
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
-    p.add_argument("--data", metavar="NAME|PATH",
-                   help="dataset: fashion-mnist (fmnist), digits, color-fmnist, a .npz file or an image folder")
-    p.add_argument("--split", choices=("test", "train"), default="test", help="dataset split (default test)")
-    p.add_argument("--sigma", type=positive_float, help="noise level (pixel units, inputs in [0, 1])")
+    add_smoothing_data_arguments(p)
     add_budget_arguments(p, n_estimate=10_000)
     p.add_argument("--first-order", action="store_true",
                    help="also certify l2/l1/l-inf/per-channel radii with first-order information")
