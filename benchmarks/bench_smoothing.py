@@ -74,15 +74,15 @@ def bench_throughput(args, model, x) -> list[dict]:
         cpu = {"certify": [], "forward": [], "forward+noise": []}
         buf = torch.empty((bs, *x.shape))
 
-        def run_certify(rep):
+        def run_certify(rep, bs=bs):
             smooth.certify(x, n_select=n_select, n_estimate=n_estimate, alpha=0.001, batch_size=bs, seed=rep)
 
-        def run_forward(rep):
+        def run_forward(rep, noisy=noisy):
             with torch.inference_mode():
                 for batch in noisy:
                     model(batch).argmax(1)
 
-        def run_forward_noise(rep):
+        def run_forward_noise(rep, bs=bs, buf=buf):
             with torch.inference_mode():
                 for s in range(0, total, bs):
                     z = buf[: min(bs, total - s)].normal_(generator=gen)

@@ -20,6 +20,11 @@ Optional ``base_predict``: the base classifier's prediction on the clean input (
 It feeds the per-class diagnostics of :meth:`RadiusReport.per_class` (Mohapatra et al., "Hidden Cost
 of Randomized Smoothing", AISTATS 2021); rows files without it are read as before.
 
+Rows of sequential certificates (``Smooth.certify(sequential=True)``) also have ``n_used``, the estimation
+samples drawn before sampling stopped (at most ``n_estimate``; fixed-n rows omit it: they all used
+``n_estimate``); reports then show samples used (mean, median, max) and :meth:`RadiusReport.plot_samples`
+draws their ECDF.
+
 First-order runs (Mohapatra et al. 2020) add ``radius_l2``, ``radius_l1``, ``radius_linf`` and
 ``radius_channel_<k>`` (l2 radius of perturbations confined to colour channel k).
 
@@ -76,7 +81,18 @@ import numpy as np
 import pandas as pd
 
 from certify._jsonio import jsonable
-from certify.rundir import format_value
+from certify.report_rows import (
+    _FIRST_ORDER_RE,
+    COHEN_COLUMNS,
+    ROW_COLUMNS,
+    _detect_format,
+    _from_cohen,
+    _from_hoc,
+    _normalise_frame,
+    format_tsv_row,
+    parse_time,
+    tsv_header,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -90,14 +106,7 @@ __all__ = [
     "parse_time",
 ]
 
-ROW_COLUMNS = ("idx", "label", "predict", "abstained", "p_lower", "radius", "correct", "time")
-COHEN_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
-_HOC_REQUIRED = ("idx", "label", "predict", "radius_cohen", "correct", "time")
-_HOC_MAP = {"radius_cohen": "radius", "radius_L2": "radius_l2", "radius_L1": "radius_l1",
-            "radius_LInf": "radius_linf", "radiusR": "hoc_radiusR", "radiusG": "hoc_radiusG",
-            "radiusB": "hoc_radiusB"}
 _META_MARK = "# certify.RadiusReport "
-_FIRST_ORDER_RE = re.compile(r"^radius_(l2|l1|linf|channel_\d+)$")
 _NORM_RE = re.compile(r"^(l2|l1|linf|channel_\d+)$")
 ORDERS = ("best", "zeroth", "first")
 FORMATS = ("auto", "certify", "cohen", "hoc")
@@ -111,20 +120,6 @@ DEFAULT_RADII: dict[str, tuple[float, ...]] = {
 }
 _META_FIELDS = ("name", "sigma", "n_select", "n_estimate", "alpha", "seed", "model", "dataset",
                 "first_order", "input_shape", "num_classes", "source")
-
-
-def parse_time(value: Any) -> float:
-    """Seconds from a float, an int or a ``H:MM:SS[.ffffff]`` string (the HOC logs' format)."""
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        return float(value)
-    text = str(value).strip()
-    if ":" in text:
-        parts = text.split(":")
-        if len(parts) != 3:
-            raise ValueError(f"time must be seconds or H:MM:SS, got {value!r}")
-        h, m, s = parts
-        return int(h) * 3600.0 + int(m) * 60.0 + float(s)
-    return float(text)
 
 
 def _norm_key(norm: str) -> str:
@@ -165,6 +160,8 @@ def row_from_certificate(idx: int, label: int, cert: Any, time_s: float | None =
         if isinstance(base_predict, bool) or not isinstance(base_predict, (int, np.integer)) or base_predict < 0:
             raise ValueError(f"base_predict must be a class index >= 0 or None, got {base_predict!r}")
         row["base_predict"] = int(base_predict)
+    if bool(getattr(cert, "sequential", False)):  # fixed-n rows keep their columns (n_used would be n_estimate)
+        row["n_used"] = int(cert.n_used)
     if bool(getattr(cert, "first_order", False)):
         radii = dict(cert.radii or {})
         if not radii and not abstained:
@@ -186,19 +183,6 @@ def _sorted_norms(norms: Iterable[str]) -> list[str]:
             return (fixed[n], 0)
         return (3, int(n.split("_")[1]))
     return sorted(norms, key=rank)
-
-
-def tsv_header(columns: Sequence[str]) -> str:
-    """The header line (with newline) of a rows file with these columns."""
-    return "\t".join(columns) + "\n"
-
-
-def format_tsv_row(row: Mapping[str, Any], columns: Sequence[str]) -> str:
-    """One TSV line (with newline) in our format; floats exactly (``repr``), booleans as 0/1."""
-    missing = [c for c in columns if c not in row]
-    if missing:
-        raise ValueError(f"row is missing columns {missing}")
-    return "\t".join(format_value(row[c]) for c in columns) + "\n"
 
 
 @dataclass(frozen=True, eq=False)
@@ -334,7 +318,7 @@ class RadiusReport:
             if column not in self.rows.columns:
                 have = self.norms
                 raise ValueError(f"order='first' needs column {column!r}; this report has first-order norms {have}"
-                                 if have else f"order='first' needs first-order radii; this report has none")
+                                 if have else "order='first' needs first-order radii; this report has none")
             return self.rows[column].to_numpy(dtype=float)
         if order == "best" and self.first_order and key not in self.norms:
             raise ValueError(f"norm {norm!r} not in this report's first-order norms {self.norms}")
@@ -570,9 +554,20 @@ class RadiusReport:
             "abstain_rate": self.abstain_rate,
             "acr": self.acr,
             "mean_time_s": float(np.nanmean(times)) if len(times) else float("nan"),
+            **({"samples_used": self.samples_used()} if "n_used" in self.rows.columns else {}),
             "norms": norms,
             "per_class": self.per_class(grids["l2"], "l2") if len(self.rows) else None,
         }
+
+    def samples_used(self) -> dict:
+        """Estimation samples per example (``n_used`` column): mean, median, max, min and total."""
+        if "n_used" not in self.rows.columns:
+            raise ValueError("the rows have no n_used column (written by certify since sequential certificates)")
+        v = self.rows["n_used"].to_numpy(dtype=float)
+        if not len(v):
+            return {"mean": float("nan"), "median": float("nan"), "max": 0, "min": 0, "total": 0}
+        return {"mean": float(v.mean()), "median": float(np.median(v)), "max": int(v.max()), "min": int(v.min()),
+                "total": int(v.sum())}
 
     # ------------------------------------------------------------------ text output
     def to_markdown(self, radii: Mapping[str, Sequence[float]] | None = None) -> str:
@@ -587,7 +582,12 @@ class RadiusReport:
                   f"- clean accuracy of the smoothed classifier: {s['clean_accuracy']:.3f}",
                   f"- abstain rate: {s['abstain_rate']:.3f}",
                   f"- average certified l2 radius (ACR): {s['acr']:.4f}",
-                  f"- mean time per example: {s['mean_time_s']:.2f} s", ""]
+                  f"- mean time per example: {s['mean_time_s']:.2f} s"]
+        if "samples_used" in s:
+            u = s["samples_used"]
+            lines.append(f"- estimation samples per example: mean {u['mean']:,.0f}, median {u['median']:,.0f}, "
+                         f"max {u['max']:,}" + (f" (n_estimate {s['n_estimate']:,})" if s.get("n_estimate") else ""))
+        lines.append("")
         lines.append("Certified accuracy = fraction of all examples that are correct, not abstained and "
                      "certified at radius >= r (pixel units, inputs in [0, 1]).")
         if self.first_order:
@@ -746,145 +746,25 @@ class RadiusReport:
         return path
 
 
-# ---------------------------------------------------------------------- frames
-def _detect_format(header: list[str], path: Path) -> str:
-    cols = set(header)
-    if set(ROW_COLUMNS) <= cols:
-        return "certify"
-    if set(_HOC_REQUIRED) <= cols:
-        return "hoc"
-    if list(header) == list(COHEN_COLUMNS):
-        return "cohen"
-    raise ValueError(f"{path}: unrecognised rows header {header}; expected our columns {list(ROW_COLUMNS)}, "
-                     f"Cohen et al.'s {list(COHEN_COLUMNS)} or Mohapatra et al.'s (with radius_cohen)")
+    def plot_samples(self, path: str | os.PathLike, *, dpi: int = 120) -> Path:
+        """ECDF of the estimation samples used per example (``n_used``, log x axis) as a PNG."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
 
-
-def _int_column(series: pd.Series, name: str, path: Path) -> pd.Series:
-    try:
-        values = pd.to_numeric(series).astype(float)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"{path}: column {name!r} must be integers ({exc})") from None
-    if values.isna().any() or (values != values.round()).any():
-        raise ValueError(f"{path}: column {name!r} must be integers")
-    return values.astype(np.int64)
-
-
-def _from_cohen(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
-    predict = _int_column(frame["predict"], "predict", path)
-    abstained = predict == -1
-    return pd.DataFrame({
-        "idx": _int_column(frame["idx"], "idx", path),
-        "label": _int_column(frame["label"], "label", path),
-        "predict": pd.Series(predict, dtype="Int64").mask(abstained, pd.NA),
-        "abstained": abstained,
-        "p_lower": np.nan,
-        "radius": pd.to_numeric(frame["radius"]).astype(float),
-        "correct": _int_column(frame["correct"], "correct", path),
-        "time": frame["time"].map(parse_time),
-    })
-
-
-def _from_hoc(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
-    out = _from_cohen(frame.assign(radius=frame["radius_cohen"]), path)
-    for src, dst in _HOC_MAP.items():
-        if src in frame.columns and src != "radius_cohen":
-            out[dst] = pd.to_numeric(frame[src]).astype(float)
-    if "count" in frame.columns:
-        out["count"] = pd.to_numeric(frame["count"]).astype(float)
-    return out
-
-
-def _optional_int_column(series: pd.Series, name: str) -> Any:
-    """Integers or NA (``None``, ``pd.NA``, NaN, "NA", "") as a pandas Int64 array."""
-    values = pd.to_numeric(series.map(lambda t: None if (t is None or t is pd.NA or t in ("NA", "")) else t),
-                           errors="coerce")
-    raw_missing = series.map(lambda t: t is None or t is pd.NA or t in ("NA", "") or
-                             (isinstance(t, float) and math.isnan(t)))
-    if (values.isna() & ~raw_missing).any() or (values.dropna() != values.dropna().round()).any():
-        raise ValueError(f"column {name!r} must hold integers or NA")
-    return pd.array(values.to_numpy(dtype=float), dtype="Float64").astype("Int64")
-
-
-def _raw_column(series: pd.Series, name: str) -> np.ndarray:
-    return series.to_numpy()
-
-
-# optional columns with a fixed type (read from any rows file that has them)
-_EXTRA_COLUMN_TYPES = {"base_predict": _optional_int_column}
-
-
-def _normalise_frame(rows: Any) -> pd.DataFrame:
-    if isinstance(rows, pd.DataFrame):
-        frame = rows.copy()
-    elif isinstance(rows, (list, tuple)):
-        if rows and not all(isinstance(r, Mapping) for r in rows):
-            raise TypeError("rows must be a DataFrame or a list of dicts")
-        frame = pd.DataFrame(list(rows), columns=list(rows[0].keys()) if rows else list(ROW_COLUMNS))
-    else:
-        raise TypeError(f"rows must be a DataFrame or a list of dicts, got {type(rows).__name__}")
-    missing = [c for c in ROW_COLUMNS if c not in frame.columns]
-    if missing:
-        raise ValueError(f"rows are missing columns {missing} (required: {list(ROW_COLUMNS)})")
-    frame = frame.reset_index(drop=True)
-    n = len(frame)
-
-    def as_int(name: str) -> np.ndarray:
-        v = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float)
-        if n and (np.isnan(v).any() or (v != np.round(v)).any()):
-            raise ValueError(f"column {name!r} must hold integers")
-        return v.astype(np.int64)
-
-    def as_bool(name: str) -> np.ndarray:
-        v = frame[name]
-        if v.dtype == bool:
-            return v.to_numpy()
-        num = pd.to_numeric(v.map(lambda t: {"True": 1, "False": 0}.get(t, t) if isinstance(t, str) else t),
-                            errors="coerce").to_numpy(dtype=float)
-        if n and not np.isin(num, (0.0, 1.0)).all():
-            raise ValueError(f"column {name!r} must hold booleans (0/1)")
-        return num.astype(bool)
-
-    def as_float(name: str) -> np.ndarray:
-        try:
-            return np.array([np.nan if (v is None or v is pd.NA or v == "NA") else float(v)
-                             for v in frame[name]], dtype=float)
-        except (ValueError, TypeError):
-            raise ValueError(f"column {name!r} must hold numbers") from None
-
-    out = pd.DataFrame({"idx": as_int("idx"), "label": as_int("label")})
-    pred = pd.to_numeric(frame["predict"].map(lambda t: None if t is pd.NA else t), errors="coerce")
-    if (pred.dropna() != pred.dropna().round()).any():
-        raise ValueError("column 'predict' must hold integers or NA")
-    out["predict"] = pd.array(pred.to_numpy(dtype=float), dtype="Float64").astype("Int64")
-    out["abstained"] = as_bool("abstained")
-    out["p_lower"] = as_float("p_lower")
-    out["radius"] = as_float("radius")
-    out["correct"] = as_bool("correct")
-    out["time"] = frame["time"].map(parse_time).to_numpy(dtype=float) if n else np.array([], dtype=float)
-    for col in frame.columns:
-        if col in out.columns:
-            continue
-        if _FIRST_ORDER_RE.match(col) or col in ("count",) or col.startswith("hoc_"):
-            out[col] = as_float(col)
-        else:
-            out[col] = _EXTRA_COLUMN_TYPES.get(col, _raw_column)(frame[col], col)
-    radius_cols = ["radius"] + [c for c in out.columns if _FIRST_ORDER_RE.match(c)]
-    for col in radius_cols:
-        v = out[col].to_numpy(dtype=float)
-        if not np.all(np.isfinite(v)) or np.any(v < 0):
-            bad = int(np.flatnonzero(~np.isfinite(v) | (v < 0))[0])
-            raise ValueError(f"column {col!r} must hold finite radii >= 0 (row idx={out['idx'].iloc[bad]}: {v[bad]})")
-        if np.any(v[out["abstained"].to_numpy()] != 0):
-            raise ValueError(f"abstained rows must have {col} == 0")
-    if np.any(out["correct"].to_numpy() & out["abstained"].to_numpy()):
-        raise ValueError("a row cannot be both correct and abstained")
-    known = out["predict"].notna().to_numpy()
-    mism = known & ~out["abstained"].to_numpy() & (
-        out["correct"].to_numpy() != (out["predict"].fillna(-1).to_numpy(dtype=np.int64) == out["label"].to_numpy()))
-    if np.any(mism):
-        bad = int(np.flatnonzero(mism)[0])
-        raise ValueError(f"row idx={out['idx'].iloc[bad]}: 'correct' disagrees with predict == label")
-    if out["idx"].duplicated().any():
-        dup = out["idx"][out["idx"].duplicated()].iloc[0]
-        raise ValueError(f"duplicate idx {dup} in rows")
-    return out
+        used = self.samples_used()
+        v = np.sort(self.rows["n_used"].to_numpy(dtype=float))
+        fig = Figure(figsize=(4.6, 3.6))
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot(1, 1, 1)
+        ax.step(v, np.arange(1, len(v) + 1) / max(len(v), 1), where="post", lw=1.6)
+        ax.set_xscale("log")
+        ax.set_xlabel("estimation samples used per example")
+        ax.set_ylabel("fraction of examples")
+        ax.set_ylim(0.0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.set_title(f"{self.label_text()}: mean {used['mean']:,.0f}, median {used['median']:,.0f}", fontsize=9)
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=dpi)
+        return path

@@ -8,8 +8,8 @@ of a dataset and, with ``out=DIR``, keeps a run directory:
   the dataset) plus the example selection and library versions; written before the first row;
 * ``rows.tsv``: one line per example (:mod:`certify.reports` format), appended, flushed and fsync'ed
   as soon as the example is done, so a killed run loses at most the example in flight;
-* at the end ``summary.json``, ``report.md`` and ``certified_accuracy.png`` (rendered from rows.tsv,
-  so they cover every row in the directory).
+* at the end ``summary.json``, ``report.md``, ``certified_accuracy.png`` and ``samples_used.png`` (ECDF of
+  the estimation samples per example), rendered from rows.tsv, so they cover every row in the directory.
 
 Resuming (``resume=True``, the default) re-reads run.json and refuses (ValueError naming each
 differing setting) when the settings differ, so rows from different settings never mix; a truncated
@@ -70,11 +70,12 @@ __all__ = [
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.md"
 PLOT_FILE = "certified_accuracy.png"
+SAMPLES_PLOT_FILE = "samples_used.png"
 PER_CLASS_PLOT_FILE = "per_class.png"
 #: run.json keys that must agree between a run and its resumption (they determine the rows)
 MATCH_KEYS = ("sigma", "n_select", "n_estimate", "alpha", "seed", "batch_size", "first_order", "num_classes",
               "checkpoint", "model_fingerprint", "dataset", "dataset_fingerprint", "seed_scheme", "sound",
-              "device_type")
+              "device_type", "sequential", "target_radius", "radius_tol")
 SEED_SCHEME = "numpy.SeedSequence([seed, idx]) -> uint64 >> 1"
 
 
@@ -135,7 +136,8 @@ def _report_meta(settings: dict) -> dict:
     shape = settings.get("input_shape")
     meta["input_shape"] = tuple(shape) if shape else None
     meta["extra"] = {k: settings[k] for k in ("batch_size", "start", "skip", "max_examples", "versions",
-                                             "model_fingerprint", "dataset_fingerprint", "split") if k in settings}
+                                             "model_fingerprint", "dataset_fingerprint", "split", "sequential",
+                                             "target_radius", "radius_tol") if k in settings}
     meta["source"] = "certify"
     return {k: v for k, v in meta.items() if v is not None}
 
@@ -151,6 +153,8 @@ def render_run(run_dir: str | os.PathLike, *, others: Sequence[RadiusReport] = (
     atomic_write_text(run_dir / REPORT_FILE, report.to_markdown())
     report.plot(run_dir / PLOT_FILE, others=others, labels=labels)
     report.plot_per_class(run_dir / PER_CLASS_PLOT_FILE)
+    if "n_used" in report.rows.columns:
+        report.plot_samples(run_dir / SAMPLES_PLOT_FILE)
     return report
 
 
@@ -161,7 +165,8 @@ def certify_dataset(smooth: Any, dataset: Any, *, out: str | os.PathLike | None 
                     overwrite: bool = False, render: bool = True,
                     record: Mapping[str, Any] | None = None, device: str | torch.device | None = None,
                     workers: int | None = None, ray_address: str | None = None,
-                    model_source: Any = None) -> RadiusReport:
+                    model_source: Any = None, sequential: bool = False,
+                    target_radius: float | None = None, radius_tol: float = 0.01) -> RadiusReport:
     """Certify examples of ``dataset`` with ``smooth.certify`` and collect a :class:`RadiusReport`.
 
     Args:
@@ -170,7 +175,8 @@ def certify_dataset(smooth: Any, dataset: Any, *, out: str | os.PathLike | None 
         out: run directory (see module docstring); None keeps everything in memory.
         resume: continue a run in ``out`` (settings must match). With ``resume=False`` an existing
             run is an error unless ``overwrite=True``, which deletes its rows first.
-        n_select, n_estimate, alpha, batch_size, seed, first_order: passed to ``smooth.certify``
+        n_select, n_estimate, alpha, batch_size, seed, first_order, sequential, target_radius, radius_tol:
+            passed to ``smooth.certify``
             (the seed of example idx is :func:`example_seed` ``(seed, idx)``).
         skip, max_examples, start: which examples (:func:`select_indices`); may change on resume.
         verbose: tqdm progress bar (examples done, rate, ETA; off when not a TTY).
@@ -199,9 +205,10 @@ def certify_dataset(smooth: Any, dataset: Any, *, out: str | os.PathLike | None 
     """
     from certify.smoothing import _validate  # the one place budgets are validated
 
-    v = _validate(alpha=alpha, seed=seed, n_select=n_select, n_estimate=n_estimate, batch_size=batch_size)
-    for name, flag in (("first_order", first_order), ("resume", resume), ("verbose", verbose),
-                       ("overwrite", overwrite), ("render", render)):
+    v = _validate(alpha=alpha, seed=seed, n_select=n_select, n_estimate=n_estimate, batch_size=batch_size,
+                  target_radius=target_radius, radius_tol=radius_tol)
+    for name, flag in (("first_order", first_order), ("sequential", sequential), ("resume", resume),
+                       ("verbose", verbose), ("overwrite", overwrite), ("render", render)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
     if not hasattr(smooth, "certify"):
@@ -246,12 +253,14 @@ def certify_dataset(smooth: Any, dataset: Any, *, out: str | os.PathLike | None 
         "versions": versions(),
         **{k: v for k, v in (record or {}).items() if k not in MATCH_KEYS},
     }
+    if sequential:  # absent for fixed-n runs, so their run.json (and resumption) is unchanged
+        settings.update(sequential=True, target_radius=v.get("target_radius"), radius_tol=v["radius_tol"])
     if out is None:
         rows = _certify_rows(smooth, dataset, indices, settings, writer=None, verbose=verbose, parallel=parallel)
         return RadiusReport(rows if rows else [], **_report_meta(settings))
 
     with open_run(out, settings=settings, match_keys=MATCH_KEYS, resume=resume, overwrite=overwrite,
-                  artifacts=(SUMMARY_FILE, REPORT_FILE, PLOT_FILE, PER_CLASS_PLOT_FILE)) as run:
+                  artifacts=(SUMMARY_FILE, REPORT_FILE, PLOT_FILE, PER_CLASS_PLOT_FILE, SAMPLES_PLOT_FILE)) as run:
         done = run.done_ints("idx")
         todo = [i for i in indices if i not in done]
         _certify_rows(smooth, dataset, todo, settings, writer=run, verbose=verbose,
@@ -270,6 +279,12 @@ def _check_labels(dataset: Any, indices: Sequence[int], num_classes: int) -> Non
     if bad:
         raise ValueError(f"labels must lie in [0, {num_classes}) for num_classes={num_classes}; example {bad[0][0]} "
                          f"has label {bad[0][1]} ({len(bad)} such examples)")
+
+
+def _sequential_kwargs(settings: dict) -> dict:
+    if not settings.get("sequential"):
+        return {}
+    return {"sequential": True, "target_radius": settings.get("target_radius"), "radius_tol": settings["radius_tol"]}
 
 
 def _on_device(smooth: Any, device: Any, *, local: bool) -> tuple[Any, str]:
@@ -312,7 +327,8 @@ def certify_one(smooth: Any, idx: int, x: Any, label: int, settings: dict) -> di
     t0 = time.perf_counter()
     cert = smooth.certify(x, n_select=settings["n_select"], n_estimate=settings["n_estimate"],
                           alpha=settings["alpha"], batch_size=settings["batch_size"],
-                          seed=example_seed(settings["seed"], idx), first_order=settings["first_order"])
+                          seed=example_seed(settings["seed"], idx), first_order=settings["first_order"],
+                          **_sequential_kwargs(settings))
     row = row_from_certificate(idx, int(label), cert, time.perf_counter() - t0,
                                base_predict=base_prediction(smooth, x))
     return {**{c: row[c] for c in ROW_COLUMNS}, **{k: v for k, v in row.items() if k not in ROW_COLUMNS}}

@@ -16,6 +16,9 @@ Guarantees (for a fixed input x, over the sampling randomness):
   ||x' - x||_2 < radius. With ``first_order=True`` the SAME statement holds for every entry of ``radii``
   simultaneously (l2, l1, l_inf balls and per-channel l2 balls), because the failure probabilities of the
   pA lower bound and of every gradient bound add up to at most alpha (``alpha_split``).
+* ``certify(sequential=True)``: the same statement, with n_estimate as a maximum and sampling stopped as soon as
+  the decision (``target_radius``) or the radius (``radius_tol``) is settled: p_lower comes from a confidence
+  sequence (:mod:`estimators.sequential`), valid at whatever data-dependent time sampling stops.
 
 Floating point (``sound=True``, Voracek & Hein, ICLR 2023). By default the model sees fl(x + sigma z): the
 statements above hold for the Gaussian noise of exact arithmetic, and a model that reads the rounding pattern
@@ -39,7 +42,7 @@ import math
 import numbers
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -62,6 +65,7 @@ from estimators.radius import (
     scan_radius,
 )
 from estimators.sampling import derive_seeds, sample_noise
+from estimators.sequential import check_schedule, scheduled_clopper_pearson, stop_decision
 
 __all__ = [
     "Smooth",
@@ -118,7 +122,8 @@ class SmoothingCertificate:
       label: the class selected with n_select samples (lowest index among ties); certified only when
         ``abstained`` is False.
       abstained: True when p_lower <= 1/2 (nothing can be certified).
-      p_lower: one-sided Clopper-Pearson lower bound on pA at level ``alpha_split["p_lower"]``.
+      p_lower: one-sided Clopper-Pearson lower bound on pA at level ``alpha_split["p_lower"]`` (sequential: at
+        level alpha / J at the check where sampling stopped; fails with probability <= alpha over all J checks).
       radius: zeroth-order l2 radius sigma * Phi^-1(p_lower) (Cohen); 0.0 when abstained. In a first-order
         certificate p_lower uses only part of alpha (``alpha_split["p_lower"]`` = alpha / 2), so this radius is
         somewhat smaller than a plain zeroth-order certificate at the same alpha; ``radii["l2"] >= radius``.
@@ -130,6 +135,12 @@ class SmoothingCertificate:
       alpha_split: failure probability of each bound; values sum to <= alpha.
       gradient: the sigma-unit gradient bounds (GradientBounds.to_dict()) of a first-order certificate, else {}.
       input_shape: shape of the certified example; time_s: wall time of the whole call.
+      n_used: estimation samples actually drawn (= n_estimate unless ``sequential``; ``counts`` sums to it).
+      sequential, target_radius, radius_tol: echo of the sequential settings (None when not sequential).
+      stop_reason: "fixed" (not sequential), or why sequential sampling stopped: "certified" (radius >=
+        target_radius), "unreachable" (upper bound below Phi(r / sigma)), "out_of_budget" (even if
+        all remaining samples voted for the label, r could not be certified), "converged" (the radius can
+        grow by at most radius_tol * sigma) or "exhausted" (n_estimate samples drawn).
       sound: True when certified with lattice noise (``Smooth(..., sound=True)``; p_lower then already subtracts
         the sampler's total-variation bound); model_dtype: the dtype the model received (noise is always drawn
         and added in float32/float64 and the sum rounded once to this dtype).
@@ -152,8 +163,17 @@ class SmoothingCertificate:
     input_shape: tuple[int, ...]
     counts_select: tuple[int, ...] = ()
     gradient: dict[str, Any] = field(default_factory=dict)
+    n_used: Optional[int] = None
+    sequential: bool = False
+    target_radius: Optional[float] = None
+    radius_tol: Optional[float] = None
+    stop_reason: str = "fixed"
     sound: bool = False
     model_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.n_used is None:
+            object.__setattr__(self, "n_used", int(self.n_estimate))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -168,8 +188,22 @@ class SmoothingCertificate:
 # ----------------------------------------------------------------------------------------------------------
 # validation (one place)
 # ----------------------------------------------------------------------------------------------------------
-def _validate(*, sigma=None, alpha=None, seed=None, **counts) -> dict[str, Any]:
+def _real(value, name: str, accepted: str, ok) -> float:
+    """A finite real number (not bool) satisfying ``ok``; otherwise ValueError naming ``accepted``, the range."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(float(value))
+                                                                             and ok(float(value))):
+        raise ValueError(f"{name} must be {accepted}, got {value!r}")
+    return float(value)
+
+
+def _validate(*, sigma=None, alpha=None, seed=None, target_radius=None, radius_tol=None,
+              **counts) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    if target_radius is not None:
+        out["target_radius"] = _real(target_radius, "target_radius", "a finite number >= 0 (input units)",
+                                     lambda v: v >= 0.0)
+    if radius_tol is not None:
+        out["radius_tol"] = _real(radius_tol, "radius_tol", "a finite number > 0 (sigma units)", lambda v: v > 0.0)
     if sigma is not None:
         if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real):
             raise TypeError(f"sigma must be a positive finite number, got {type(sigma).__name__}")
@@ -356,8 +390,13 @@ class Smooth:
 
     # -- CERTIFY --------------------------------------------------------------------------------------------
     def certify(self, x, *, n_select: int, n_estimate: int, alpha: float, batch_size: int = 1000, seed: int = 0,
-                first_order: bool = False) -> SmoothingCertificate:
+                first_order: bool = False, sequential: bool = False, target_radius: Optional[float] = None,
+                radius_tol: float = 0.01) -> SmoothingCertificate:
         """Certify the smoothed prediction at x (CERTIFY of Cohen et al. 2019; first order: Mohapatra et al.).
+
+        Certificate: with probability >= 1 - alpha (over the sampling), either the result abstains or
+        g(x') = label for every x' with ||x' - x||_2 < radius (and, with ``first_order``, for every ball in
+        ``radii``). The same statement holds with ``sequential=True``, for any data-dependent stopping time.
 
         1. Select cA = argmax of the counts of n_select noisy samples (its own noise stream).
         2. Draw n_estimate fresh samples (another stream); with ``first_order`` the same pass accumulates the
@@ -370,23 +409,39 @@ class Smooth:
         4. First order: radii from (p_lower, gradient bounds) by :mod:`estimators.radius`; each is raised to at
            least the zeroth-order value for its norm.
         Seeds: the two streams use ``derive_seeds(seed, 2)``.
+
+        Sequential (``sequential=True``; Voracek 2024, Horvath et al. 2022): n_estimate is the MAXIMUM. Samples
+        are drawn in segments ending at the fixed counts ``estimators.sequential.check_schedule(n_estimate)``
+        (a geometric grid from 100; segment j has its own seed ``derive_seeds(estimate_seed, J)[j]`` and is
+        drawn in batches of ``batch_size``); the check counts never depend on ``batch_size``. After each segment
+        p_lower / p_upper are Clopper-Pearson bounds at level alpha / J (J = number of checks: a union bound,
+        :func:`estimators.sequential.scheduled_clopper_pearson`), so P(p_lower > pA at some check) <= alpha and
+        the certificate above keeps its 1 - alpha guarantee wherever sampling stops. Stop rules
+        (:func:`estimators.sequential.stop_decision`): with ``target_radius`` r (input units, >= 0) stop once
+        radius >= r ("certified") or r is out of reach ("unreachable": p_upper < Phi(r / sigma);
+        "out_of_budget": not even n_estimate samples all voting for cA would certify r); without it,
+        stop once the radius can grow by at most ``radius_tol`` (sigma units, > 0) even if every remaining
+        sample voted for cA, or once p_upper caps it within that tolerance ("converged"). ``n_used`` records
+        the samples drawn. ``first_order=True`` is refused: its gradient bounds are fixed-n (half-sample)
+        concentration bounds, not valid under optional stopping.
         """
-        if not isinstance(first_order, bool):
-            raise TypeError(f"first_order must be a bool, got {type(first_order).__name__}")
-        if first_order and self.sound:
-            raise ValueError("first_order: not available with sound=True (the first-order bounds need the "
-                             "continuous Gaussian noise); use first_order=False")
-        v = _validate(alpha=alpha, seed=seed, n_select=n_select, n_estimate=n_estimate, batch_size=batch_size)
-        if first_order and v["n_estimate"] < 2:
-            raise ValueError("first_order=True needs n_estimate >= 2 (two independent halves)")
+        v = self._check_certify_args(n_select=n_select, n_estimate=n_estimate, alpha=alpha, batch_size=batch_size,
+                                     seed=seed, first_order=first_order, sequential=sequential,
+                                     target_radius=target_radius, radius_tol=radius_tol)
         start = time.perf_counter()
         xt = self._prepare(x)
         seed_select, seed_estimate = derive_seeds(v["seed"], 2)
+        seq: dict[str, Any] = {}
         with _eval_mode(self.model):
             sel = self._sample(xt, n=v["n_select"], batch_size=v["batch_size"], seed=seed_select)
             label = int(np.argmax(sel.counts))
-            est = self._sample(xt, n=v["n_estimate"], batch_size=v["batch_size"], seed=seed_estimate,
-                               target=label if first_order else None)
+            if sequential:
+                seq = self._estimate_sequential(xt, label, v, seed_estimate)
+                est_counts, n_used = seq.pop("counts"), seq["n_used"]
+            else:
+                est = self._sample(xt, n=v["n_estimate"], batch_size=v["batch_size"], seed=seed_estimate,
+                                   target=label if first_order else None)
+                est_counts, n_used = est.counts, v["n_estimate"]
         channels = self._channels(xt)
         dim = int(xt.numel())
         if first_order:
@@ -394,8 +449,11 @@ class Smooth:
             budget = AlphaBudget.split(v["alpha"], {"p_lower": float(len(names)), **{nm: 1.0 for nm in names}})
         else:
             budget = AlphaBudget.split(v["alpha"], {"p_lower": 1.0})
-        n_a = int(est.counts[label])
-        p_lower = float(clopper_pearson_lower(n_a, v["n_estimate"], budget["p_lower"]))
+        n_a = int(est_counts[label])
+        if sequential:
+            p_lower = float(seq.pop("p_lower"))
+        else:
+            p_lower = float(clopper_pearson_lower(n_a, v["n_estimate"], budget["p_lower"]))
         if self.lattice is not None:  # the ideal rounded-Gaussian probability is within the TV bound
             p_lower = max(0.0, p_lower - total_variation(self.lattice, int(xt.numel())))
         abstained = p_lower <= 0.5
@@ -414,11 +472,59 @@ class Smooth:
                 radii = _first_order_radii(p_lower, gb, self.sigma, dim, channels)
         return SmoothingCertificate(
             label=label, abstained=bool(abstained), p_lower=p_lower, radius=radius, radii=radii,
-            counts=tuple(int(c) for c in est.counts), alpha_split=budget.to_dict(), sigma=self.sigma,
+            counts=tuple(int(c) for c in est_counts), alpha_split=budget.to_dict(), sigma=self.sigma,
             n_select=v["n_select"], n_estimate=v["n_estimate"], alpha=v["alpha"], seed=v["seed"],
             time_s=time.perf_counter() - start, first_order=first_order, input_shape=tuple(xt.shape),
             counts_select=tuple(int(c) for c in sel.counts), gradient=grad, sound=self.sound,
-            model_dtype=str(self.dtype).replace("torch.", ""))
+            model_dtype=str(self.dtype).replace("torch.", ""), n_used=int(n_used),
+            sequential=bool(sequential), target_radius=v.get("target_radius") if sequential else None,
+            radius_tol=v["radius_tol"] if sequential else None, stop_reason=seq.get("stop_reason", "fixed"))
+
+    def _check_certify_args(self, *, first_order, sequential, target_radius, radius_tol, **budgets) -> dict[str, Any]:
+        for name, flag in (("first_order", first_order), ("sequential", sequential)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+        if first_order and self.sound:
+            raise ValueError("first_order: not available with sound=True (the first-order bounds need the "
+                             "continuous Gaussian noise); use first_order=False")
+        v = _validate(target_radius=target_radius, radius_tol=radius_tol, **budgets)
+        if radius_tol is None:
+            raise ValueError("radius_tol must be a finite number > 0 (sigma units), got None")
+        if target_radius is not None and not sequential:
+            raise ValueError("target_radius: only used with sequential=True (it is the radius the sequential "
+                             "test decides on); got sequential=False")
+        if first_order and sequential:
+            raise ValueError("first_order=True cannot be combined with sequential=True: the gradient bounds are "
+                             "fixed-n concentration bounds and are not valid under optional stopping; use a fixed "
+                             "n_estimate for first-order certificates")
+        if first_order and v["n_estimate"] < 2:
+            raise ValueError("first_order=True needs n_estimate >= 2 (two independent halves)")
+        return v
+
+    def _estimate_sequential(self, xt: torch.Tensor, label: int, v: dict[str, Any], seed: int) -> dict[str, Any]:
+        """Draw estimation samples segment by segment along ``check_schedule(n_estimate)`` until a stop rule
+        fires; returns counts, n_used, p_lower (Clopper-Pearson at alpha / J) and stop_reason."""
+        n_max = v["n_estimate"]
+        schedule = check_schedule(n_max)
+        n_checks = len(schedule)
+        seeds = derive_seeds(seed, n_checks)
+        counts = np.zeros(self.num_classes, dtype=np.int64)
+        done = 0
+        reason = "exhausted"
+        lower = 0.0
+        for j, n_j in enumerate(schedule.tolist()):
+            stats = self._sample(xt, n=n_j - done, batch_size=v["batch_size"], seed=seeds[j])
+            counts += stats.counts
+            done = n_j
+            k = int(counts[label])
+            lower, upper = scheduled_clopper_pearson(k, n_j, v["alpha"], n_checks=n_checks)
+            best_lower, _ = scheduled_clopper_pearson(k + n_max - n_j, n_max, v["alpha"], n_checks=n_checks)
+            stop = stop_decision(lower=lower, upper=upper, best_lower=best_lower, sigma=self.sigma,
+                                 target_radius=v.get("target_radius"), radius_tol=v["radius_tol"])
+            if stop is not None:
+                reason = stop if (done < n_max or stop != "converged") else "exhausted"
+                break
+        return {"counts": counts, "n_used": done, "p_lower": lower, "stop_reason": reason}
 
 
 def _first_order_radii(p: float, gb: GradientBounds, sigma: float, dim: int, channels: int) -> dict[str, float]:

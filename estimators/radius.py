@@ -207,6 +207,9 @@ def _z1_of_z2(q, z2):
 
 
 def _slab_endpoints(p: np.ndarray, m: np.ndarray):
+    if p.size == 1:  # one slab (the radius searches): the same float operations on scalars, without array overhead
+        z2_s, z1_s = _slab_endpoints_scalar(float(p.reshape(-1)[0]), float(m.reshape(-1)[0]))
+        return np.full(p.shape, z2_s), np.full(p.shape, z1_s)
     q = 1.0 - p
     zc = _Phi_inv(p)  # Cohen's boundary
     thr = _phi(zc)
@@ -217,6 +220,8 @@ def _slab_endpoints(p: np.ndarray, m: np.ndarray):
     cohen = cohen | (g_lo > -m)  # m within rounding of the threshold: half-space
     for _ in range(110):
         mid = 0.5 * (lo + hi)
+        if not (~cohen & (mid > lo) & (mid < hi)).any():
+            break  # float resolution reached (half-space rows are discarded): further steps cannot change lo
         g_mid = _phi(mid) - _phi(_z1_of_z2(q, mid))
         ok = g_mid <= -m  # gradient component at mid is <= -m: keep as conservative end
         lo = np.where(ok, mid, lo)
@@ -224,6 +229,50 @@ def _slab_endpoints(p: np.ndarray, m: np.ndarray):
     z2 = np.where(cohen, -np.inf, lo)
     z1 = np.where(cohen, zc, _z1_of_z2(q, lo))
     return z2, z1
+
+
+def _phi_scalar(x: float) -> float:
+    return float(np.exp(-0.5 * (x * x))) * _INV_SQRT_2PI
+
+
+def _z1_of_z2_scalar(q: float, z2: float) -> float:
+    return -float(_Phi_inv(max(q - float(_Phi(z2)), 1e-300)))
+
+
+def _slab_endpoints_scalar(p: float, m: float) -> tuple[float, float]:
+    """:func:`_slab_endpoints` for one (p, m), step for step (the same ufuncs on float64 scalars)."""
+    q = 1.0 - p
+    zc = float(_Phi_inv(p))
+    if m >= _phi_scalar(zc):
+        return -math.inf, zc
+    lo, hi = _Z_FAR, -zc
+    if _phi_scalar(lo) - _phi_scalar(_z1_of_z2_scalar(q, lo)) > -m:
+        return -math.inf, zc
+    for _ in range(110):
+        mid = 0.5 * (lo + hi)
+        if not lo < mid < hi:
+            break
+        if _phi_scalar(mid) - _phi_scalar(_z1_of_z2_scalar(q, mid)) <= -m:
+            lo = mid
+        else:
+            hi = mid
+    return lo, _z1_of_z2_scalar(q, lo)
+
+
+def _slab_radius_scalar(p: float, m: float) -> float:
+    """:func:`_slab_radius` for one (p, m), step for step."""
+    z2, z1 = _slab_endpoints_scalar(p, m)
+    lo = float(_Phi_inv(p))
+    hi = z1 if math.isfinite(z2) else lo
+    for _ in range(110):
+        mid = 0.5 * (lo + hi)
+        if not lo < mid < hi:
+            break
+        if float(_slab_value_minus_half(z2, z1, mid)) > _SLAB_ROUNDING:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def _slab_value_minus_half(z2, z1, r):
@@ -240,12 +289,16 @@ _SLAB_ROUNDING = 8.0 * float(np.finfo(np.float64).eps)
 
 def _slab_radius(p: np.ndarray, m: np.ndarray) -> np.ndarray:
     """Vectorised core of :func:`l2_radius_first_order` for p > 1/2 (sigma units)."""
+    if p.size == 1:
+        return np.full(p.shape, _slab_radius_scalar(float(p.reshape(-1)[0]), float(m.reshape(-1)[0])))
     z2, z1 = _slab_endpoints(p, m)
     zc = _Phi_inv(p)
     lo = zc.copy()  # Cohen's radius is always certified (the slab is feasible for the zeroth-order LP)
     hi = np.where(np.isfinite(z2), z1, zc)  # value at r = z1 is 1/2 - Phi(z2 - z1) < 1/2
     for _ in range(110):
         mid = 0.5 * (lo + hi)
+        if not ((mid > lo) & (mid < hi)).any():
+            break  # float resolution reached: further steps cannot change lo
         ok = _slab_value_minus_half(z2, z1, mid) > _SLAB_ROUNDING
         lo = np.where(ok, mid, lo)
         hi = np.where(ok, hi, mid)
@@ -308,7 +361,7 @@ def _roots_in_range(r: float, l0: float, l1: float) -> list[float]:
         return math.exp(r * x - 0.5 * r * r) - l0 - l1 * x
 
     lo, hi = -_X_MAX, _X_MAX
-    roots = []
+    roots: list[float] = []
     if l1 > 0.0:
         x_min = (math.log(l1) - math.log(r) + 0.5 * r * r) / r  # l1 / r may underflow to 0
         if s(min(max(x_min, lo), hi)) >= 0.0:
@@ -525,7 +578,7 @@ class _TwoComponentSolver:
         f_lo = d - 0.5
         if f_lo <= 0.0:
             return lo
-        hi = None
+        hi, f_hi = None, 0.0
         for _ in range(80):
             tol = rtol * max(lo, 1e-2)
             if hi is not None and hi - lo <= tol:

@@ -23,10 +23,13 @@ Noise source hook: ``noise_source(b, generator)`` replaces x + sigma z by any ba
 unavailable.
 
 Determinism: all noise comes from one ``torch.Generator`` on x's device, seeded with ``seed`` (or supplied by
-the caller) and consumed batch by batch (``normal_`` on a (B, *S) buffer). Results are identical for the same
-(seed, n, batch_size, input, device type, torch version); a different batch_size changes how the generator's
-stream is cut into batches and therefore the noise. Scores are computed under ``torch.inference_mode``.
-The classifier's train/eval mode is NOT changed here (``certify.smoothing.Smooth`` handles that).
+the caller) and consumed batch by batch (``normal_`` on a (B, *S) buffer). On CPU the next batch's noise is
+drawn by one helper thread while the classifier evaluates the current batch (``overlap``; two buffer pairs
+alternate); the helper consumes the generator in the same batch order, so the noise is identical either way.
+Results are identical for the same (seed, n, batch_size, input, device type, torch version); a different
+batch_size changes how the generator's stream is cut into batches and therefore the noise. Scores are
+computed under ``torch.inference_mode``. The classifier's train/eval mode is NOT changed here
+(``certify.smoothing.Smooth`` handles that).
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ import math
 import numbers
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -46,6 +50,59 @@ from estimators._checks import check_int
 __all__ = ["SampleStats", "sample_noise", "make_generator", "derive_seeds"]
 
 logger = logging.getLogger(__name__)
+
+
+class _NoiseBatches:
+    """Consecutive (z, x + sigma z) batches of sizes ``sizes`` = bs, bs, ..., (rest), drawn from ``generator`` in
+    order; the sum is formed in x's dtype and rounded once to ``input_dtype``.
+
+    Two buffer pairs alternate. With ``overlap`` a single helper thread draws the noise of batch i + 1 into the
+    other pair while the caller uses batch i (the sum x + sigma z is formed in the caller's thread); the caller
+    must be done with a batch when it asks for the next one. The generator is used by one thread at a time, in
+    batch order, so the stream is the same with or without it.
+    Use as a context manager (the helper thread is shut down on exit).
+    """
+
+    def __init__(self, x: torch.Tensor, sigma: float, bs: int, n: int, generator: torch.Generator, *,
+                 input_dtype: torch.dtype, overlap: Optional[bool]):
+        if overlap is None:  # worth a thread switch per batch: CPU, several batches, >= 2**16 values per batch
+            overlap = x.device.type == "cpu" and n > bs and bs * x.numel() >= 2 ** 16
+        self.x, self.sigma, self.generator, self.input_dtype = x, sigma, generator, input_dtype
+        self.sizes = [min(bs, n - s) for s in range(0, n, bs)]
+        slots = 2 if overlap else 1
+        self.noise = [torch.empty((bs, *x.shape), device=x.device, dtype=x.dtype) for _ in range(slots)]
+        self.inputs = [torch.empty((bs, *x.shape), device=x.device, dtype=x.dtype) for _ in range(slots)]
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="certify-noise") if overlap else None
+        self._next = 0
+        self._pending: Optional[Future] = None
+
+    def _draw(self, i: int) -> torch.Tensor:
+        """Noise of batch i (the helper thread's only job: ``normal_`` is a serial kernel, no thread team)."""
+        with torch.inference_mode():  # thread-local: the helper thread needs it too (buffers may be inference tensors)
+            return self.noise[i % len(self.noise)][:self.sizes[i]].normal_(generator=self.generator)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next (z, x + sigma z); with overlap, also starts drawing the noise after it."""
+        i = self._next
+        self._next += 1
+        if self.pool is None:
+            z = self._draw(i)
+        else:
+            pending = self._pending if self._pending is not None else self.pool.submit(self._draw, i)
+            z = pending.result()
+            self._pending = self.pool.submit(self._draw, i + 1) if i + 1 < len(self.sizes) else None
+        with torch.inference_mode():
+            batch = torch.add(self.x, z, alpha=self.sigma, out=self.inputs[i % len(self.inputs)][:z.shape[0]])
+            if self.input_dtype != self.x.dtype:  # round the float32 sum once to the classifier's dtype
+                batch = batch.to(self.input_dtype)
+        return z, batch
+
+    def __enter__(self) -> "_NoiseBatches":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclass(frozen=True)
@@ -98,37 +155,16 @@ def _check_hooks(x: torch.Tensor, target, input_dtype, noise_source) -> torch.dt
     return input_dtype
 
 
-def sample_noise(
-    classifier: Callable[[torch.Tensor], torch.Tensor],
-    x: torch.Tensor,
-    *,
-    sigma: float,
-    n: int,
-    num_classes: int,
-    batch_size: int,
-    seed: Optional[int] = None,
-    generator: Optional[torch.Generator] = None,
-    target: Optional[int] = None,
-    progress: bool = False,
-    input_dtype: Optional[torch.dtype] = None,
-    noise_source: Optional[Callable[[int, torch.Generator], torch.Tensor]] = None,
-) -> SampleStats:
-    """Evaluate ``classifier`` on n noisy copies x + sigma z and return counts (and first-order sums).
-
-    ``x`` is ONE example (a tensor of any shape, already on the classifier's device and dtype). Exactly one of
-    ``seed`` / ``generator`` must be given. ``classifier(batch)`` must return a (B, num_classes) tensor of
-    finite scores; anything else raises ValueError. ``input_dtype``: the dtype the classifier receives (default
-    x's dtype); noise is drawn in float32 when x or input_dtype is a half dtype, else in x's dtype.
-    ``noise_source(b, generator)``: returns the (b, *S) classifier inputs instead of x + sigma z (no ``target``).
-    See the module docstring for the outputs and what is deterministic.
-    """
+def _check_sample_args(classifier, x, sigma, n, num_classes, batch_size, seed, generator, target):
+    """Validated (n, num_classes, batch_size, generator, target) of :func:`sample_noise`."""
     if not callable(classifier):
         raise TypeError(f"classifier must be callable, got {type(classifier).__name__}")
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if not torch.is_floating_point(x):
         raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
-    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not (math.isfinite(sigma) and sigma > 0):
+    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not (
+            math.isfinite(float(sigma)) and float(sigma) > 0):
         raise ValueError(f"sigma must be a positive finite number, got {sigma!r}")
     n = check_int("n", n)
     num_classes = check_int("num_classes", num_classes, 2)
@@ -146,6 +182,54 @@ def sample_noise(
             raise ValueError(f"target must be in [0, {num_classes}), got {target}")
         if n < 2:
             raise ValueError("first-order sums need n >= 2 (two halves)")
+    return n, num_classes, batch_size, generator, target
+
+
+def _first_scores(classifier, batch: torch.Tensor, b: int, shape: tuple, num_classes: int) -> torch.Tensor:
+    """The classifier's scores on the first batch, with the mistakes a new user makes explained."""
+    try:
+        scores = classifier(batch)
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        raise ValueError(
+            f"the model failed on a batch of shape {(b, *shape)} built from x of shape {shape}: {exc}; "
+            "does x have the shape the model expects (one example, no batch axis)?") from exc
+    if not isinstance(scores, torch.Tensor) or scores.ndim != 2 or tuple(scores.shape) != (b, num_classes):
+        got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise ValueError(
+            f"the model must map a batch of shape {(b, *shape)} to scores of shape (batch, num_classes)"
+            f" = {(b, num_classes)}, got {got}; check num_classes and the input shape")
+    return scores
+
+
+def sample_noise(
+    classifier: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    *,
+    sigma: float,
+    n: int,
+    num_classes: int,
+    batch_size: int,
+    seed: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+    target: Optional[int] = None,
+    progress: bool = False,
+    input_dtype: Optional[torch.dtype] = None,
+    noise_source: Optional[Callable[[int, torch.Generator], torch.Tensor]] = None,
+    overlap: Optional[bool] = None,
+) -> SampleStats:
+    """Evaluate ``classifier`` on n noisy copies x + sigma z and return counts (and first-order sums).
+
+    ``x`` is ONE example (a tensor of any shape, already on the classifier's device and dtype). Exactly one of
+    ``seed`` / ``generator`` must be given. ``classifier(batch)`` must return a (B, num_classes) tensor of
+    finite scores; anything else raises ValueError. ``input_dtype``: the dtype the classifier receives (default
+    x's dtype); noise is drawn in float32 when x or input_dtype is a half dtype, else in x's dtype.
+    ``noise_source(b, generator)``: returns the (b, *S) classifier inputs instead of x + sigma z (no ``target``).
+    ``overlap`` (default: on for CPU tensors with at least 2 batches of >= 2**16 values, never with a
+    ``noise_source``) draws the next batch's noise in a helper thread; it never changes the results.
+    See the module docstring for the outputs and what is deterministic.
+    """
+    n, num_classes, batch_size, generator, target = _check_sample_args(
+        classifier, x, sigma, n, num_classes, batch_size, seed, generator, target)
     input_dtype = _check_hooks(x, target, input_dtype, noise_source)
 
     shape = tuple(x.shape)
@@ -156,8 +240,8 @@ def sample_noise(
     bs = min(batch_size, n)
     start = time.perf_counter()
 
-    noise = torch.empty((bs, *shape), device=device, dtype=dtype)
-    inputs = torch.empty((bs, *shape), device=device, dtype=dtype)
+    source = _NoiseBatches(x, float(sigma), bs, n, generator, input_dtype=input_dtype,
+                           overlap=False if noise_source is not None else overlap)
     counts = torch.zeros(num_classes, dtype=torch.int64, device=device)
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     if target is not None:
@@ -173,33 +257,14 @@ def sample_noise(
         bar = tqdm(total=n, desc="sampling", unit="sample", leave=False)
     done = 0
     checked = False
-    with torch.inference_mode():
-        while done < n:
-            b = min(bs, n - done)
-            z = noise[:b]
+    with torch.inference_mode(), source:
+        for b in source.sizes:
             if noise_source is not None:
-                batch = noise_source(b, generator)
+                z, batch = source.noise[0][:b], noise_source(b, generator)  # z unused: no first-order sums here
             else:
-                z.normal_(generator=generator)
-                batch = torch.add(x, z, alpha=float(sigma), out=inputs[:b])
-                if input_dtype != dtype:  # round the float32 sum once to the classifier's dtype
-                    batch = batch.to(input_dtype)
-            if not checked:
-                try:
-                    scores = classifier(batch)
-                except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-                    raise ValueError(
-                        f"the model failed on a batch of shape {(b, *shape)} built from x of shape {shape}: {exc}; "
-                        "does x have the shape the model expects (one example, no batch axis)?") from exc
-            else:
-                scores = classifier(batch)
-            if not checked:
-                if not isinstance(scores, torch.Tensor) or scores.ndim != 2 or tuple(scores.shape) != (b, num_classes):
-                    got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
-                    raise ValueError(
-                        f"the model must map a batch of shape {(b, *shape)} to scores of shape (batch, num_classes)"
-                        f" = {(b, num_classes)}, got {got}; check num_classes and the input shape")
-                checked = True
+                z, batch = source.next()
+            scores = classifier(batch) if checked else _first_scores(classifier, batch, b, shape, num_classes)
+            checked = True
             nonfinite |= ~torch.isfinite(scores).all()
             pred = scores.argmax(dim=1)
             counts += torch.bincount(pred, minlength=num_classes)

@@ -237,8 +237,14 @@ def _tiny_config(**overrides):
               n_smooth_attack=8, smooth_attack_radii=(0.25,), smooth_attack_steps=5, smooth_attack_noise=4,
               n_predict=300, n_semantic=3, semantic_grid=41, semantic_kwargs={"attack_grid": 201, "attack_steps": 5},
               synbench_separations=(0.5, 1.0, 2.0, 3.0), synbench_n_train=64, synbench_n_test=64,
-              probe_n_train=200, probe_n_test=100, probe_max_iter=30)
+              probe_n_train=200, probe_n_test=100, probe_max_iter=30,
+              n_hidden_cost=12, hidden_cost_n_estimate=200, transfer_eps=(1 / 255, 4 / 255), n_transfer=12,
+              transfer_probe_n_train=200)
     kw.update(overrides)
+    names = [m.name for m in kw["models"]]
+    # the sweep on the plain and the noise-trained model, the transfer on the plain and the fine-tuned one
+    kw.setdefault("hidden_cost_models", tuple(n for n in ("plain", "noisy") if n in names))
+    kw.setdefault("transfer_models", tuple(n for n in ("plain", "ft") if n in names))
     return study.StudyConfig(**kw)
 
 
@@ -258,9 +264,13 @@ def test_tiny_study_writes_report_results_plots_and_passes_its_checks(tiny_study
             assert (out / "cache" / name / f"{stage}.json").is_file()
             assert res.timings["per_model"][name][stage]["cached"] is False
         assert (out / "models" / f"{name}.pt").is_file()
+    assert set(res.models["plain"]) >= {"hidden_cost", "transfer"}
+    assert "hidden_cost" in res.models["noisy"] and "transfer" not in res.models["noisy"]
+    assert "transfer" in res.models["ft"] and "hidden_cost" not in res.models["ft"]
     # consistency: proofs never contradicted by attacks on the same examples
     assert res.consistency["status"] == "all passed" and res.consistency["violations"] == 0
-    assert res.consistency["checks"] == 3 * (1 + 3)     # per model: 1 smoothing radius + 3 semantic families
+    # per model: 1 smoothing radius + 3 semantic families; plus 2 transfer radii on each of 2 models
+    assert res.consistency["checks"] == 3 * (1 + 3) + 2 * 2
     for name in ("plain", "noisy", "ft"):
         for chk in res.models[name]["smooth_attack"]["checks"]:
             assert chk["n"] == 8 and chk["violations"] == 0
@@ -291,11 +301,21 @@ def test_tiny_study_writes_report_results_plots_and_passes_its_checks(tiny_study
     text = res.report.read_text()
     for heading in ("## Models", "## Empirical robust accuracy", "## Randomized smoothing", "### l2", "### linf",
                     "## Semantic perturbations", "### rotation", "## SynBench", "## Rank correlation",
+                    "## Hidden cost of smoothing", "## Robustness transfer", "Transfer: a violation",
                     "## Consistency checks", "## Time per stage", "## Reproduce"):
         assert heading in text, heading
     assert "n = 8 test images" in text and "little power" in text
+    assert "certify.hidden_cost.sigma_sweep(" in text and "certify.transfer.transfer_bounds(" in text
+    # every Markdown table keeps its column count (no cell may contain a bare '|')
+    table: list[int] = []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            table.append(line.count("|"))
+        elif table:
+            assert len(set(table)) == 1, table
+            table = []
     assert "certify.certify_dataset(" in text and "seed=0" in text
-    for png in ("certified_accuracy.png", "synbench_vs_probe.png", "semantic_ranges.png"):
+    for png in ("certified_accuracy.png", "synbench_vs_probe.png", "semantic_ranges.png", "hidden_cost_disparity.png"):
         assert (out / "plots" / png).stat().st_size > 1000
     assert all(p.is_file() for p in res.plots)
 
@@ -319,6 +339,111 @@ def test_typed_stage_results_match_results_json_and_the_headline_table(tiny_stud
     assert "rotation in degrees" in table          # units as the perturbation states them
 
 
+def test_hidden_cost_stage_rows_are_consistent_and_round_trip(tiny_study):
+    out, res = tiny_study
+    for name in ("plain", "noisy"):
+        hc = res.stages[name].hidden_cost
+        assert isinstance(hc, study.HiddenCostResult)
+        assert study.HiddenCostResult.from_dict(json.loads(json.dumps(hc.to_dict()))) == hc
+        assert [r.sigma for r in hc.rows] == [0.0, 0.12, 0.25, 0.5]
+        assert hc.n == 12 and hc.n_estimate == 200 and sum(hc.class_counts) == 12
+        base = hc.row(0.0)
+        assert base.abstain_rate == 0.0 and base.changed_fraction == 0.0 and base.vanished == ()
+        for r in hc.rows:
+            # the overall accuracy is the class accuracies weighted by the class counts
+            total = sum(a * k for a, k in zip(r.class_accuracy, hc.class_counts) if a is not None)
+            assert total / hc.n == pytest.approx(r.accuracy)
+            live = [a for a in r.class_accuracy if a is not None]
+            assert r.disparity == pytest.approx(max(live) - min(live))
+            assert 0.0 <= r.abstain_rate <= r.changed_fraction + 1e-12
+    # sigma 0 is the base classifier: its accuracy on the same examples is the clean accuracy there
+    from certify import models as zoo
+    from certify.data import load_dataset
+
+    test = load_dataset("digits", split="test")
+    idx = study.example_indices(len(test), 12)
+    plain = zoo.build("digits_mlp")
+    plain.load_state_dict(torch.load(out / "models" / "plain.pt", weights_only=True))
+    plain.eval()
+    with torch.no_grad():
+        acc = float((plain(test.x[idx]).argmax(1) == test.y[idx]).float().mean())
+    assert res.stages["plain"].hidden_cost.row(0.0).accuracy == pytest.approx(acc)
+    text = res.report.read_text()
+    assert "| plain | 0.5 |" in text and "| noisy | 0.12 |" in text
+
+
+def test_transfer_stage_certificates_survive_pgd_and_round_trip(tiny_study):
+    _, res = tiny_study
+    for name in ("plain", "ft"):
+        tr = res.stages[name].transfer
+        assert isinstance(tr, study.TransferStage)
+        assert study.TransferStage.from_dict(json.loads(json.dumps(tr.to_dict()))) == tr
+        assert [r.eps for r in tr.rows] == [1 / 255, 4 / 255] and tr.n == 12 and tr.probe_n_train == 200
+        for r in tr.rows:
+            assert r.certified_logit <= r.certified_pairwise <= r.certified_box <= r.clean_accuracy
+            # certified examples are never broken by PGD on the composed model
+            assert r.ok and r.violations == 0
+            assert all(p for c, p in zip(r.certified, r.pgd_robust) if c)
+            assert r.certified_box == pytest.approx(sum(r.certified) / r.n)
+            assert r.certified_box <= r.pgd_robust_accuracy
+            assert r.mean_loss_bound >= r.mean_clean_loss and r.mean_loss_bound_box >= r.mean_clean_loss - 1e-9
+        # a larger radius certifies no more and bounds the loss no lower
+        small, large = tr.rows
+        assert large.certified_box <= small.certified_box and large.mean_loss_bound >= small.mean_loss_bound
+    # the check is non-vacuous on this family: something is certified at the small radius
+    assert max(res.stages[n].transfer.rows[0].certified_box for n in ("plain", "ft")) > 0
+
+
+def test_transfer_consistency_and_the_study_summary_count_violations(tiny_study):
+    import dataclasses
+
+    from certify.study.checks import consistency_summary
+    from certify.study.transfer_stage import transfer_consistency
+
+    assert transfer_consistency([True, True, False], [True, True, False], [1, 2, 3]) == {
+        "violations": 0, "violating_idx": [], "ok": True}
+    assert transfer_consistency([True, True, False], [True, False, False], [1, 2, 3])["violating_idx"] == [2]
+    with pytest.raises(ValueError, match="same length"):
+        transfer_consistency([True], [True, False], [0])
+    # a transfer row that PGD contradicted is counted by the study's consistency summary
+    _, res = tiny_study
+    st = res.stages["ft"]
+    bad_row = dataclasses.replace(st.transfer.rows[0], violations=2, violating_idx=(0, 5), ok=False)
+    broken = dataclasses.replace(st, transfer=dataclasses.replace(st.transfer, rows=(bad_row,)))
+    summary = consistency_summary({**res.stages, "ft": broken})
+    assert summary.violations == 2 and summary.status == "VIOLATIONS FOUND"
+    assert any("ft transfer" in p for p in summary.problems)
+
+
+def test_hidden_cost_and_transfer_settings_are_checked():
+    m = study.ModelSpec("m", "train")
+    base = dict(name="x", models=(m,))
+    with pytest.raises(ValueError, match="hidden_cost_models"):
+        study.StudyConfig(**base, hidden_cost_models=("other",))
+    with pytest.raises(TypeError, match="transfer_models"):
+        study.StudyConfig(**base, transfer_models="m")
+    with pytest.raises(ValueError, match="hidden_cost_sigmas"):
+        study.StudyConfig(**base, hidden_cost_sigmas=(0.0, 0.25, 0.25))
+    with pytest.raises(ValueError, match="hidden_cost_sigmas"):
+        study.StudyConfig(**base, hidden_cost_sigmas=(-0.1,))
+    with pytest.raises(ValueError, match="hidden_cost_n_estimate"):
+        study.StudyConfig(**base, hidden_cost_n_estimate=0)
+    with pytest.raises(ValueError, match="transfer_eps"):
+        study.StudyConfig(**base, transfer_eps=(0.0,))
+    with pytest.raises(ValueError, match="transfer_eps"):
+        study.StudyConfig(**base, transfer_eps=())
+    with pytest.raises(ValueError, match="transfer_method"):
+        study.StudyConfig(**base, transfer_method="exact")
+    with pytest.raises(ValueError, match="n_transfer"):
+        study.StudyConfig(**base, n_transfer=0)
+    cfg = study.StudyConfig(**base, transfer_models=())
+    assert cfg.models_for("transfer") == () and cfg.models_for("hidden_cost") == ("m",)
+    q = study.quick_config()
+    assert q.models_for("hidden_cost") == ("clean", "noise-0.12", "noise-0.25", "noise-0.50")
+    assert q.n_hidden_cost == 100 and q.models_for("transfer") == ("clean", "noise-0.25", "fgsm", "pgd", "adv-ft")
+    assert set(study.full_config().models_for("transfer")) == {"clean", "noise-0.25", "fgsm", "pgd", "adv-ft"}
+
+
 def test_tiny_study_resumes_from_its_caches(tiny_study):
     out, first = tiny_study
     again = study.run_study(out, config=_tiny_config(), verbose=False)
@@ -335,7 +460,8 @@ def test_tiny_study_resumes_from_its_caches(tiny_study):
     assert changed.models["plain"]["attacks"]["n"] == 30
     # every invocation of the folder is logged with its wall time and the number of stages it computed
     history = json.loads((out / "invocations.json").read_text())
-    assert [h["stages_computed"] for h in history[-3:]] == [3 * 10, 0, 3]   # 3 models x (training + 9 stages)
+    # 3 models x (training + 9 stages) + 2 sigma sweeps + 2 transfers
+    assert [h["stages_computed"] for h in history[-3:]] == [3 * 10 + 2 + 2, 0, 3]
     assert changed.timings["total_wall_time_s"] == pytest.approx(sum(h["wall_time_s"] for h in history))
 
 
@@ -402,4 +528,14 @@ def test_certify_study_quick_cli(tmp_path, capsys):
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["status"] == "complete" and data["consistency"]["violations"] == 0
     assert len(data["models"]) == 7 and data["correlation"]["main"]["n"] == 7
+    stages = {n: study.ModelStages.from_dict(m) for n, m in data["models"].items()}
+    assert sorted(n for n, st in stages.items() if st.hidden_cost) == ["clean", "noise-0.12", "noise-0.25",
+                                                                         "noise-0.50"]
+    assert sorted(n for n, st in stages.items() if st.transfer) == ["adv-ft", "clean", "fgsm", "noise-0.25", "pgd"]
+    for st in stages.values():
+        if st.hidden_cost:
+            assert [r.sigma for r in st.hidden_cost.rows] == [0.0, 0.12, 0.25, 0.5] and st.hidden_cost.n == 100
+        if st.transfer:
+            assert all(r.ok and r.certified_box <= r.pgd_robust_accuracy for r in st.transfer.rows)
+    assert (tmp_path / "plots" / "hidden_cost_disparity.png").is_file()
     assert "Spearman rho" in printed

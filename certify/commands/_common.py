@@ -142,6 +142,14 @@ def add_model_arguments(p: argparse.ArgumentParser, *, num_classes: bool = True)
                             "also passed to torchvision:NAME")
 
 
+def add_smoothing_data_arguments(p: argparse.ArgumentParser) -> None:
+    """--data, --split and --sigma of the smoothing commands (smooth, predict)."""
+    p.add_argument("--data", metavar="NAME|PATH",
+                   help="dataset: fashion-mnist (fmnist), digits, color-fmnist, a .npz file or an image folder")
+    p.add_argument("--split", choices=("test", "train"), default="test", help="dataset split (default test)")
+    p.add_argument("--sigma", type=positive_float, help="noise level (pixel units, inputs in [0, 1])")
+
+
 def add_run_arguments(p: argparse.ArgumentParser, *, max_examples: bool = True, seed_help: str | None = None,
                       resume: bool = True) -> None:
     """--out, --resume/--no-resume, --overwrite, --seed, --max (--max: the Cohen et al. name)."""

@@ -20,8 +20,8 @@ from typing import Any
 from certify.commands._common import (
     add_model_arguments,
     add_run_arguments,
+    add_smoothing_data_arguments,
     nonnegative_int,
-    positive_float,
     positive_int,
     prepare_smoothing,
     probability,
@@ -39,10 +39,7 @@ SUMMARY_FILE = "summary.json"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
-    p.add_argument("--data", metavar="NAME|PATH",
-                   help="dataset: fashion-mnist (fmnist), digits, color-fmnist, a .npz file or an image folder")
-    p.add_argument("--split", choices=("test", "train"), default="test", help="dataset split (default test)")
-    p.add_argument("--sigma", type=positive_float, help="noise level (pixel units, inputs in [0, 1])")
+    add_smoothing_data_arguments(p)
     p.add_argument("--n", "--N", dest="n", type=positive_int, default=10_000, metavar="N",
                    help="noise samples per example (default 10,000)")
     p.add_argument("--alpha", type=probability, default=0.001,

@@ -4,6 +4,7 @@ Example::
 
     certify smooth --pretrained fmnist_cnn_sigma0.25 --max 100 --skip 100 --first-order --out runs/fmnist
     certify smooth --checkpoint model.pt --arch fmnist_cnn --data fmnist --sigma 0.25 --out runs/mine
+    certify smooth --pretrained fmnist_cnn_sigma0.25 --sequential --target-radius 0.5 --n-estimate 100000
 
 The run directory gets run.json (settings), rows.tsv (one row per example, written as it goes),
 summary.json, report.md and certified_accuracy.png. Interrupt it (Ctrl-C / SIGTERM) and run the same
@@ -13,11 +14,13 @@ uninterrupted run's.
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from certify.commands._common import (  # noqa: F401 - the argparse types, re-exported for old imports
     add_model_arguments,
     add_run_arguments,
+    add_smoothing_data_arguments,
     nonnegative_int,
     positive_float,
     positive_int,
@@ -27,6 +30,17 @@ from certify.devices import add_device_argument, device_from_args
 from certify.distributed import ModelSource, add_workers_arguments, workers_from_args
 
 HELP = "certify a dataset with a Gaussian-smoothed classifier (Cohen et al.; optional first-order radii)"
+
+
+def nonnegative_float(text: str) -> float:
+    """A finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
 
 
 def add_budget_arguments(p: argparse.ArgumentParser, *, n_estimate: int) -> None:
@@ -43,13 +57,18 @@ def add_budget_arguments(p: argparse.ArgumentParser, *, n_estimate: int) -> None
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
-    p.add_argument("--data", metavar="NAME|PATH",
-                   help="dataset: fashion-mnist (fmnist), digits, color-fmnist, a .npz file or an image folder")
-    p.add_argument("--split", choices=("test", "train"), default="test", help="dataset split (default test)")
-    p.add_argument("--sigma", type=positive_float, help="noise level (pixel units, inputs in [0, 1])")
+    add_smoothing_data_arguments(p)
     add_budget_arguments(p, n_estimate=10_000)
     p.add_argument("--first-order", action="store_true",
                    help="also certify l2/l1/l-inf/per-channel radii with first-order information")
+    p.add_argument("--sequential", action="store_true",
+                   help="anytime-valid sequential sampling: --n-estimate becomes the maximum and sampling stops "
+                        "once the decision at --target-radius (or, without it, the radius) is settled")
+    p.add_argument("--target-radius", type=nonnegative_float, default=None, metavar="R",
+                   help="with --sequential: only decide whether the l2 radius R (pixel units) is certified")
+    p.add_argument("--radius-tol", type=positive_float, default=0.01, metavar="T",
+                   help="with --sequential and no --target-radius: stop once the radius can grow by at most "
+                        "T * sigma (default 0.01)")
     p.add_argument("--sound", action="store_true",
                    help="floating-point sound noise (Voracek & Hein 2023): inputs on the 1/255 grid, noise drawn "
                         "exactly on that lattice; zeroth order only")
@@ -73,8 +92,11 @@ def print_report(report, out: Path | None, *, examples: int | None = None) -> No
             if order in entry:
                 accs = entry[order]["certified_accuracy"]
                 print(f"    {order + ' order':<38}" + "  ".join(f"{a:7.3f}" for a in accs))
+    if "samples_used" in s:
+        u = s["samples_used"]
+        print(f"  estimation samples per example: mean {u['mean']:,.0f}, median {u['median']:,.0f}, max {u['max']:,}")
     if out is not None:
-        print(f"wrote {out}/rows.tsv, run.json, summary.json, report.md, certified_accuracy.png")
+        print(f"wrote {out}/rows.tsv, run.json, summary.json, report.md, certified_accuracy.png, samples_used.png")
 
 
 def _check_sound(args: argparse.Namespace, dataset) -> None:
@@ -90,11 +112,20 @@ def _check_sound(args: argparse.Namespace, dataset) -> None:
         raise ValueError(f"--sound: {exc}") from None
 
 
+def _check_sequential(args: argparse.Namespace) -> None:
+    if not args.sequential and (args.target_radius is not None or args.radius_tol != 0.01):
+        raise ValueError("--target-radius/--radius-tol: only with --sequential")
+    if args.sequential and args.first_order:
+        raise ValueError("--first-order: cannot be combined with --sequential (the gradient bounds are fixed-n "
+                         "bounds, not valid under optional stopping)")
+
+
 def run(args: argparse.Namespace) -> int:
     from certify.commands._common import prepare_smoothing, set_summary
     from certify.runs import certify_dataset, terminate_as_interrupt
     from certify.smoothing import Smooth
 
+    _check_sequential(args)
     workers, ray_address = workers_from_args(args)
     device = device_from_args(args, remote=ray_address is not None)
     job = prepare_smoothing(args, "smooth")
@@ -110,7 +141,8 @@ def run(args: argparse.Namespace) -> int:
             first_order=args.first_order, start=args.start, skip=args.skip, max_examples=args.max_examples,
             verbose=not args.quiet, checkpoint=job["loaded"].name, dataset_name=job["dataset"].name,
             record=job["record"], device=device, workers=workers, ray_address=ray_address,
-            model_source=ModelSource.from_args(args) if workers else None)
+            model_source=ModelSource.from_args(args) if workers else None, sequential=args.sequential,
+            target_radius=args.target_radius, radius_tol=args.radius_tol)
     print_report(report, out)
     set_summary(args, {"out": str(out), **report.summary()})
     return 0

@@ -6,8 +6,9 @@ Examples::
     certify study --out runs/study                # the full study
     certify study --out runs/study                # again: resumes, skipping finished stages
 
-Writes ``report.md`` (tables with units and sample counts, consistency checks, time per stage, and a
-"Reproduce" section), ``results.json``, ``plots/*.png`` and per-stage caches under ``--out``.
+Writes ``report.md`` (tables with units and sample counts, the hidden cost of smoothing (accuracy and
+disparity per class against sigma), robustness transfer to a fresh linear probe, consistency checks, time per
+stage, and a "Reproduce" section), ``results.json``, ``plots/*.png`` and per-stage caches under ``--out``.
 Exit status 0 when every proof-vs-attack consistency check passed, 3 when a check found a violation
 (a certificate contradicted by an attack: a bug), 2 for bad arguments.
 """

@@ -266,11 +266,18 @@ def _critical_rho(n: int, level: float = 0.05) -> float:
 
 
 def consistency_summary(stages: Mapping[str, ModelStages]) -> ConsistencySummary:
-    """Every proof-vs-attack check of a study added up: one per smoothing radius and one per semantic family
-    of each model; ``violations`` counts the failures beyond the alpha allowance (semantic: any flip)."""
+    """Every proof-vs-attack check of a study added up: one per smoothing radius, one per semantic family and one
+    per transfer radius of each model; ``violations`` counts the failures beyond the alpha allowance (semantic
+    and transfer certificates are deterministic: any flip)."""
     checks = violations = 0
     problems: list[str] = []
     for name, st in stages.items():
+        for row in st.transfer.rows if st.transfer else ():
+            checks += 1
+            if not row.ok:
+                violations += row.violations
+                problems.append(f"{name} transfer l-inf eps={row.eps:g}: PGD broke {row.violations} certified "
+                                "examples")
         for chk in st.smooth_attack.checks if st.smooth_attack else ():
             checks += 1
             if not chk.ok:

@@ -135,7 +135,8 @@ def _default_models(*, epochs: Mapping[str, int], train_size: int | None, adv_ep
 
 _POSITIVE_INTS = ("n_attack", "pgd_steps", "pgd_restarts", "attack_batch_size", "n_certify", "n_select", "n_estimate",
                   "smooth_batch_size", "n_smooth_attack", "smooth_attack_steps", "smooth_attack_noise", "n_predict",
-                  "n_semantic", "synbench_n_test", "probe_n_train", "probe_n_test", "probe_max_iter")
+                  "n_semantic", "synbench_n_test", "probe_n_train", "probe_n_test", "probe_max_iter", "n_hidden_cost",
+                  "n_transfer", "transfer_probe_n_train")
 
 
 @dataclass(frozen=True)
@@ -203,12 +204,24 @@ class StudyConfig:
     probe_max_iter: int = 500
     # SynBench comparison
     mixture_sigma: float = 1.0
+    # hidden cost of smoothing: accuracy per class against sigma (None: every model; (): none)
+    hidden_cost_models: tuple[str, ...] | None = None
+    hidden_cost_sigmas: tuple[float, ...] = (0.0, 0.12, 0.25, 0.5)
+    n_hidden_cost: int = 100
+    hidden_cost_n_estimate: int | None = None     # noise samples per prediction (None: n_estimate)
+    # robustness transfer to a fresh linear probe (None: every model; (): none)
+    transfer_models: tuple[str, ...] | None = None
+    transfer_eps: tuple[float, ...] = (1 / 255, 2 / 255)
+    transfer_method: str = "crown"
+    n_transfer: int = 100
+    transfer_probe_n_train: int = 2000
 
     def __post_init__(self) -> None:
         self._check_models()
         self._check_sizes()
         self._check_radii()
         self._check_semantic()
+        self._check_hidden_cost_transfer()
 
     def _set(self, key: str, value: Any) -> None:
         object.__setattr__(self, key, value)
@@ -274,6 +287,41 @@ class StudyConfig:
             for p in perts})
         self._set("semantic_kwargs", dict(self.semantic_kwargs))
 
+    def _model_subset(self, key: str) -> None:
+        value = getattr(self, key)
+        if value is None:
+            return
+        if isinstance(value, str) or not all(isinstance(n, str) for n in value):
+            raise TypeError(f"{key} must be None or a sequence of model names, got {value!r}")
+        unknown = [n for n in value if n not in self.model_names]
+        if unknown:
+            raise ValueError(f"{key} names models that are not in the study: {unknown} (models: {self.model_names})")
+        self._set(key, tuple(value))
+
+    def _check_hidden_cost_transfer(self) -> None:
+        from certify.transfer import METHODS
+
+        self._model_subset("hidden_cost_models")
+        self._model_subset("transfer_models")
+        sigmas = check_float_tuple("hidden_cost_sigmas", self.hidden_cost_sigmas, low=0.0)
+        if not sigmas or len(set(sigmas)) != len(sigmas):
+            raise ValueError(f"hidden_cost_sigmas must be a non-empty sequence of distinct numbers >= 0, "
+                             f"got {self.hidden_cost_sigmas!r}")
+        self._set("hidden_cost_sigmas", sigmas)
+        if self.hidden_cost_n_estimate is not None:
+            check_int("hidden_cost_n_estimate", self.hidden_cost_n_estimate, 1)
+        eps = check_float_tuple("transfer_eps", self.transfer_eps, low=0.0, low_open=True)
+        if not eps:
+            raise ValueError("transfer_eps must name at least one l-inf radius > 0")
+        self._set("transfer_eps", eps)
+        if self.transfer_method not in METHODS:
+            raise ValueError(f"transfer_method must be one of {METHODS}, got {self.transfer_method!r}")
+
+    def models_for(self, stage: str) -> tuple[str, ...]:
+        """The models a per-model-subset stage (``"hidden_cost"`` or ``"transfer"``) runs on, in study order."""
+        chosen = {"hidden_cost": self.hidden_cost_models, "transfer": self.transfer_models}[stage]
+        return tuple(n for n in self.model_names if chosen is None or n in chosen)
+
     @property
     def model_names(self) -> list[str]:
         return [m.name for m in self.models]
@@ -311,7 +359,9 @@ class StudyConfig:
 
 def quick_config(seed: int = 0) -> StudyConfig:
     """The CI-sized study: all 7 models (the 4 trained ones on the first 6,000 training images for one
-    epoch, PGD with 3 steps), fewer examples and samples in every stage than :func:`full_config`.
+    epoch, PGD with 3 steps), fewer examples and samples in every stage than :func:`full_config`; the
+    sigma sweep on 100 images (500 noise samples per prediction), the robustness transfer on 20 images
+    (probe on 1,000 training images), on the same models as :func:`full_config`.
 
     ``results.json`` records the measured time of every stage.
     """
@@ -326,13 +376,21 @@ def quick_config(seed: int = 0) -> StudyConfig:
         n_semantic=3, semantic_grid=101, semantic_kwargs={"attack_grid": 401, "attack_steps": 10},
         synbench_separations=tuple(round(0.2 * k, 1) for k in range(1, 25)), synbench_n_train=512,
         synbench_n_test=512, probe_n_train=2000, probe_n_test=1000, probe_max_iter=150,
+        hidden_cost_models=("clean", "noise-0.12", "noise-0.25", "noise-0.50"), n_hidden_cost=100,
+        hidden_cost_n_estimate=500,
+        transfer_models=("clean", "noise-0.25", "fgsm", "pgd", "adv-ft"), n_transfer=20,
+        transfer_eps=(1 / 255, 2 / 255), transfer_probe_n_train=1000,
     )
 
 
 def full_config(seed: int = 0) -> StudyConfig:
     """The full study: the 4 study-trained models on all 60,000 training images (noise 2 epochs, FGSM 2,
     PGD-5 1, 30%-PGD-5 fine-tune 1); attacks on 1,000 test images, smoothing on 100 (n_estimate 10,000),
-    the smoothed attack on 50 of them at 2 radii, semantic verification on 20 images per family.
+    the smoothed attack on 50 of them at 2 radii, semantic verification on 20 images per family; the sigma
+    sweep on 200 images (2,000 noise samples per prediction) of the clean and the three noise-trained
+    models; the robustness transfer of a fresh linear probe (5,000 training images) on 200 images at
+    l-inf 1/255 and 2/255 for the clean model (reference) and the four robust-training variants
+    (noise 0.25, FGSM, PGD, 30%-PGD fine-tune).
 
     ``results.json`` records the measured time of every stage.
     """
@@ -347,4 +405,8 @@ def full_config(seed: int = 0) -> StudyConfig:
         n_semantic=20, semantic_grid=201,
         synbench_separations=None, synbench_n_train=1024, synbench_n_test=1024,
         probe_n_train=5000, probe_n_test=2000, probe_max_iter=300,
+        hidden_cost_models=("clean", "noise-0.12", "noise-0.25", "noise-0.50"), n_hidden_cost=200,
+        hidden_cost_n_estimate=2000,
+        transfer_models=("clean", "noise-0.25", "fgsm", "pgd", "adv-ft"), n_transfer=200,
+        transfer_eps=(1 / 255, 2 / 255), transfer_probe_n_train=5000,
     )

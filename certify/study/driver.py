@@ -14,13 +14,13 @@ import torch
 
 from certify._checks import check_bool, check_int
 from certify._jsonio import atomic_write_json, atomic_write_text
+from certify.study import hidden_cost_stage, semantic_stage, stages, transfer_stage
 from certify.study import models as _models
-from certify.study import semantic_stage, stages
 from certify.study.cache import loadavg, record_invocation
 from certify.study.checks import consistency_summary, rank_correlation
 from certify.study.config import StudyConfig, full_config, quick_config
 from certify.study.context import StudyContext
-from certify.study.plots import plot_certified, plot_semantic, plot_synbench
+from certify.study.plots import plot_certified, plot_hidden_cost, plot_semantic, plot_synbench
 from certify.study.report import ReportView, render_report
 from certify.study.results import Correlation, ModelStages, RankCorrelation, StudyResult
 
@@ -40,6 +40,8 @@ class _Run(StudyContext):
     run_smoothing = stages.run_smoothing
     run_compare = stages.run_compare
     run_smooth_attack = stages.run_smooth_attack
+    run_hidden_cost = hidden_cost_stage.run_hidden_cost
+    run_transfer = transfer_stage.run_transfer
     run_semantic = semantic_stage.run_semantic
     run_semantic_grid = semantic_stage.run_semantic_grid
 
@@ -76,7 +78,8 @@ def _plots(run: _Run, results: Mapping[str, ModelStages], correlation: Correlati
     folder = run.out / "plots"
     made = [plot_certified(run.config, run.reports, folder / "certified_accuracy.png"),
             plot_synbench(run.config, results, correlation, folder / "synbench_vs_probe.png"),
-            plot_semantic(run.config, results, folder / "semantic_ranges.png")]
+            plot_semantic(run.config, results, folder / "semantic_ranges.png"),
+            plot_hidden_cost(run.config, results, folder / "hidden_cost_disparity.png")]
     return [Path(p) for p in made if p is not None]
 
 
@@ -134,6 +137,7 @@ _PHASES = ((None, ("load_model",)),
            (None, ("run_clean", "run_attacks")),
            (None, ("run_synbench", "run_probe")),
            ("partial: smoothing and semantic stages pending", ("run_smoothing", "run_compare", "run_smooth_attack")),
+           ("partial: hidden-cost, transfer and semantic stages pending", ("run_hidden_cost", "run_transfer")),
            ("partial: semantic stages pending", ("run_semantic", "run_semantic_grid")))
 
 

@@ -1,5 +1,6 @@
 """The study's plots (matplotlib, Agg, no global state): certified accuracy per norm, SynBench score vs
-linear-probe accuracy, and semantic certified vs attack accuracy per family."""
+linear-probe accuracy, semantic certified vs attack accuracy per family, and the hidden cost of smoothing
+(class-wise disparity and accuracy against sigma)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +11,7 @@ import numpy as np
 from certify.study.config import StudyConfig
 from certify.study.results import Correlation, ModelStages, SemanticFamily
 
-__all__ = ["plot_certified", "plot_synbench", "plot_semantic"]
+__all__ = ["plot_certified", "plot_synbench", "plot_semantic", "plot_hidden_cost"]
 
 _NORMS = ("l2", "l1", "linf")
 
@@ -138,4 +139,29 @@ def plot_semantic(c: StudyConfig, stages: Mapping[str, ModelStages], path: Path)
         if j == len(c.perturbations) - 1:
             ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle(f"Semantic perturbations, n = {c.n_semantic} test images per model", fontsize=10)
+    return _save(fig, path, 110)
+
+
+def plot_hidden_cost(c: StudyConfig, stages: Mapping[str, ModelStages], path: Path) -> Path | None:
+    """Disparity (max - min class accuracy, left) and overall accuracy (right) of each swept model's smoothed
+    classifier against sigma (sigma 0: the base classifier)."""
+    swept = [(n, stages[n].hidden_cost) for n in c.model_names if n in stages and stages[n].hidden_cost]
+    if not swept:
+        return None
+    fig = _figure((10.5, 4.2))
+    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    for i, (name, hc) in enumerate(swept):
+        sig = [r.sigma for r in hc.rows]
+        disp = [np.nan if r.disparity is None else r.disparity for r in hc.rows]
+        left.plot(sig, disp, "o-", color=f"C{i % 10}", lw=1.6, label=name)
+        right.plot(sig, [r.accuracy for r in hc.rows], "o-", color=f"C{i % 10}", lw=1.6, label=name)
+    for ax, what in ((left, "disparity (max - min class accuracy)"), (right, "accuracy (abstain = error)")):
+        ax.set_xlabel("smoothing sigma (pixel units; 0 = base classifier)")
+        ax.set_ylabel(what)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    right.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    hc0 = swept[0][1]
+    fig.suptitle(f"Hidden cost of smoothing: n = {hc0.n} test images, {hc0.n_estimate} noise samples per "
+                 f"prediction, alpha {hc0.alpha:g}", fontsize=10)
     return _save(fig, path, 110)

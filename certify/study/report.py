@@ -389,6 +389,71 @@ def _correlation(v: ReportView) -> list[str]:
                         "Reported as measured, not tuned."]
 
 
+def _hidden_cost_rows(name: str, hc: Any) -> list[list[Any]]:
+    return [[name, _f(r.sigma, "g"), _f(r.accuracy), _f(r.abstain_rate), _f(r.disparity), _f(r.changed_fraction)]
+            + [_f(a, ".2f") for a in r.class_accuracy] + [", ".join(str(k) for k in r.vanished) or "-"]
+            for r in hc.rows]
+
+
+def _hidden_cost(v: ReportView) -> list[str]:
+    lines = ["## Hidden cost of smoothing: accuracy and disparity per class against sigma", ""]
+    swept = [(n, v.stages[n].hidden_cost) for n in v.names if v.stages[n].hidden_cost]
+    if not swept:
+        return lines + ["(not run yet)" if v.config.models_for("hidden_cost") else "(no model selected)"]
+    hc = swept[0][1]
+    counts = ", ".join(f"{c}: {k}" for c, k in zip(hc.classes, hc.class_counts))
+    lines.append(f"n = {hc.n} test images (every {hc.idx_skip}th; per class {counts}), the smoothed classifier's "
+                 f"PREDICT with {hc.n_estimate} noise samples at alpha = {hc.alpha} (an abstention counts as an "
+                 "error), one noise seed per example shared by every sigma, seed "
+                 f"{hc.seed}; sigma 0 is the base classifier. Disparity = max - min class accuracy; 'differs' = "
+                 "fraction whose smoothed output (abstention included) differs from the base prediction; "
+                 "'vanished' = classes the base classifier predicts on some example and the smoothed classifier on "
+                 "none (Mohapatra et al. 2021: regions thinner than the noise scale vanish). Class accuracies rest "
+                 "on the per-class counts above.")
+    header = (["model", "sigma", "accuracy", "abstain", "disparity", "differs"] + [f"class {c}" for c in hc.classes]
+              + ["vanished"])
+    return lines + [""] + _table(header, [row for n, h in swept for row in _hidden_cost_rows(n, h)])
+
+
+def _transfer_row(name: str, st: Any, r: Any) -> list[Any]:
+    return [name, _radius_label("linf", r.eps), r.n, _f(st.probe_train_accuracy), _f(r.clean_accuracy),
+            f"{_f(r.certified_logit)} / {_f(r.certified_pairwise)} / {_f(r.certified_box)}",
+            _f(r.pgd_robust_accuracy), _f(r.mean_clean_loss), _pair(r.mean_loss_bound, r.mean_loss_bound_box),
+            _f(r.median_feature_deviation, ".3g"), _f(r.head_spectral_norm, ".3g")]
+
+
+def _transfer(v: ReportView) -> list[str]:
+    lines = ["## Robustness transfer from the representation to a fresh linear probe", ""]
+    done = [(n, v.stages[n].transfer) for n in v.names if v.stages[n].transfer]
+    if not done:
+        return lines + ["(not run yet)" if v.config.models_for("transfer") else "(no model selected)"]
+    st = done[0][1]
+    lines.append(f"Nern et al. 2023: a fresh multinomial logistic probe is fitted on each model's penultimate "
+                 f"features of {st.probe_n_train} training images; auto_LiRPA ({st.method}) bounds the features over "
+                 f"the l-inf ball of radius eps (clipped to [0, 1]) around n = {st.n} test images, and the probe is "
+                 "certified from that box. Certified fraction (of all n) per criterion: logit (each logit moves by at "
+                 "most ||w_i|| Delta) / pairwise (||w_y - w_j|| Delta) / box (exact over the feature box), Delta = "
+                 "certified l2 bound on the feature deviation (median column). Loss bound = mean certified upper "
+                 "bound on the cross-entropy over the ball: Lipschitz (CE + sqrt(2) ||W||_2 Delta, the paper's "
+                 f"task-independent form) / box. PGD ({st.pgd_steps} steps, {st.pgd_restarts} start(s)) on the "
+                 "composed model gives an upper bound on robust accuracy on the same examples.")
+    header = ["model", "l-inf eps", "n", "probe train acc", "probe test acc", "certified logit / pairwise / box",
+              "PGD robust acc", "mean CE (clean)", "loss bound Lipschitz / box", "median Delta", "spectral norm of W"]
+    return lines + [""] + _table(header, [_transfer_row(n, t, r) for n, t in done for r in t.rows])
+
+
+def _transfer_checks(v: ReportView) -> list[str]:
+    rows = [[n, _radius_label("linf", r.eps), r.n, _f(r.certified_box), _f(r.pgd_robust_accuracy), r.violations,
+             "ok" if r.ok else "**VIOLATION**"]
+            for n in v.names if v.stages[n].transfer for r in v.stages[n].transfer.rows]
+    if not rows:
+        return []
+    return ["", "Transfer: a violation is an example certified by the box criterion that PGD on the composed model "
+            "(encoder + fresh probe) misclassifies inside the l-inf ball. The certificate is deterministic: any "
+            "violation is a bug.", ""] + _table(["model", "l-inf eps", "n", "certified (box)", "PGD robust acc",
+                                                 "violations", "status"], rows)
+
+
 def _smoothing_checks(v: ReportView) -> list[str]:
     c = v.config
     rows = [[n, f"{chk.norm} r={chk.radius:g}", chk.n, _f(chk.certified_accuracy), _f(chk.robust_accuracy),
@@ -433,7 +498,7 @@ def _consistency(v: ReportView) -> list[str]:
     cons = v.consistency
     return (["## Consistency checks: proofs vs attacks on the same examples", "",
              f"Overall: **{cons.status}** ({cons.checks} checks, {cons.violations} violations beyond the alpha "
-             "allowance)."] + _smoothing_checks(v) + _semantic_checks(v))
+             "allowance)."] + _smoothing_checks(v) + _semantic_checks(v) + _transfer_checks(v))
 
 
 def _timings(v: ReportView) -> list[str]:
@@ -452,8 +517,8 @@ def _plots(v: ReportView) -> list[str]:
     return ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in v.plots if p.parent.name == "plots"]
 
 
-_SECTIONS = (_intro, _summary, _models, _attacks, _smoothing, _semantic, _synbench, _correlation, _consistency,
-             _timings, _plots)
+_SECTIONS = (_intro, _summary, _models, _attacks, _smoothing, _hidden_cost, _semantic, _synbench, _correlation,
+             _transfer, _consistency, _timings, _plots)
 
 
 def render_report(v: ReportView) -> str:

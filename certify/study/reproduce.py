@@ -59,6 +59,23 @@ def _semantic_calls(c: StudyConfig, n_test: int) -> list[str]:
             + "".join(f", {k}={v!r}" for k, v in c.semantic_kwargs.items()) + ")"]
 
 
+def _hidden_cost_transfer_calls(c: StudyConfig, n_test: int, n_train: int) -> list[str]:
+    n_est = c.hidden_cost_n_estimate or c.n_estimate
+    return [f"# hidden cost of smoothing, models {list(c.models_for('hidden_cost'))}:",
+            f"certify.hidden_cost.sigma_sweep({{name: model}}, x[idx({n_test}, {c.n_hidden_cost})], "
+            f"y[idx({n_test}, {c.n_hidden_cost})], num_classes=10, sigmas={tuple(c.hidden_cost_sigmas)}, "
+            f"n={n_est}, alpha={c.alpha}, batch_size={c.smooth_batch_size}, seed={c.seed})",
+            f"# robustness transfer, models {list(c.models_for('transfer'))}: encoder, _ = "
+            "certify.transfer.split_model(model); a fresh probe = "
+            f"estimators.robust_linear.train_robust_probe(encoder(train.x[idx({n_train}, "
+            f"{c.transfer_probe_n_train})]), ..., eps=0.0, max_iter={c.probe_max_iter}, seed={c.seed})",
+            f"certify.transfer.transfer_bounds(encoder, probe, x[idx({n_test}, {c.n_transfer})], "
+            f"y[idx({n_test}, {c.n_transfer})], eps=eps, norm='linf', method={c.transfer_method!r}, clip=True)"
+            f"   # eps in {list(c.transfer_eps)}",
+            f"certify.attacks.robust_accuracy(nn.Sequential(encoder, probe), x, y, attack='pgd', eps=eps, "
+            f"norm='linf', steps={c.pgd_steps}, restarts={c.pgd_restarts}, batch_size=256, seed={c.seed})"]
+
+
 def reproduce_lines(c: StudyConfig, *, out: Path, n_test: int, n_train: int,
                     smoothing_kwargs: Mapping[str, Any]) -> list[str]:
     """Markdown lines: the (resumable) command, then the library call of every stage."""
@@ -68,6 +85,6 @@ def reproduce_lines(c: StudyConfig, *, out: Path, n_test: int, n_train: int,
             "`test`/`train` = `certify.data.load_dataset(dataset, split=...)`; `idx(N, n)` = evenly spaced indices "
             "0, N//n, 2 N//n, ...):", "", "```python",
             *_model_calls(c, n_test), *_smoothing_calls(c, smoothing_kwargs), *_synbench_calls(c, n_test, n_train),
-            *_semantic_calls(c, n_test), "```", "",
+            *_hidden_cost_transfer_calls(c, n_test, n_train), *_semantic_calls(c, n_test), "```", "",
             f"Seeds: every stage uses seed {c.seed} (training, attack starts, smoothing noise, SynBench data, "
             "probes); the smoothing and smoothed-attack runners derive per-example seeds from it."]

@@ -18,13 +18,14 @@ from certify.study.config import StudyConfig
 __all__ = [
     "CleanResult", "AttackRow", "AttacksResult", "SynbenchSummary", "ProbeSummary", "CertifiedCurve",
     "NormCurves", "SmoothingSummary", "CompareSummary", "SmoothingCheck", "SmoothAttackStage", "SemanticExample",
-    "SemanticRaw", "SemanticFamily", "SemanticStage", "GridFamily", "SemanticGrid", "ModelInfo", "StageTime",
+    "SemanticRaw", "SemanticFamily", "SemanticStage", "GridFamily", "SemanticGrid", "SigmaRow", "HiddenCostResult",
+    "TransferRow", "TransferStage", "ModelInfo", "StageTime",
     "ModelStages", "RankCorrelation", "Correlation", "ConsistencySummary", "StudyResult", "STAGES",
 ]
 
 #: the stages of every model, in the order of the report's time table
-STAGES = ("model", "clean", "attacks", "synbench", "probe", "smoothing", "smooth_attack", "semantic",
-          "semantic_grid", "compare")
+STAGES = ("model", "clean", "attacks", "synbench", "probe", "smoothing", "smooth_attack", "hidden_cost", "transfer",
+          "semantic", "semantic_grid", "compare")
 
 
 def _freeze(value: Any) -> Any:
@@ -356,6 +357,97 @@ class SemanticGrid(Record):
         return cls({p: GridFamily.from_dict(g) for p, g in d.items()})
 
 
+# ------------------------------------------------------------------------------------------- hidden cost, transfer
+@dataclass(frozen=True)
+class SigmaRow(Record):
+    """One sigma of the sweep (:func:`certify.hidden_cost.sigma_sweep`; sigma 0 is the base classifier).
+
+    ``class_accuracy[c]``: accuracy on the examples of class ``c`` (None without any; an abstention is an
+    error); ``disparity``: max - min class accuracy; ``changed_fraction``: fraction whose smoothed output
+    (abstentions included) differs from the base prediction; ``vanished``: classes the base classifier
+    predicts on some example and the smoothed classifier on none.
+    """
+
+    sigma: float
+    accuracy: float
+    abstain_rate: float
+    disparity: float | None
+    changed_fraction: float
+    class_accuracy: tuple[float | None, ...]
+    vanished: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class HiddenCostResult(Record):
+    """Accuracy and disparity per class against sigma on ``n`` evenly spaced test images (``idx_skip`` apart),
+    each prediction from ``n_estimate`` noise samples with abstention at ``alpha``."""
+
+    n: int
+    idx_skip: int
+    n_estimate: int
+    alpha: float
+    seed: int
+    classes: tuple[int, ...]
+    class_counts: tuple[int, ...]
+    rows: tuple[SigmaRow, ...]
+    time_s: float
+    _NESTED = {"rows": ("tuple", SigmaRow)}
+
+    def row(self, sigma: float) -> SigmaRow | None:
+        return next((r for r in self.rows if r.sigma == sigma), None)
+
+
+@dataclass(frozen=True)
+class TransferRow(Record):
+    """:func:`certify.transfer.transfer_bounds` of the fresh probe at one l-inf radius ``eps``, and PGD on the
+    composed model (encoder + probe) at the same radius on the same examples.
+
+    Certified fractions (of all ``n``) per criterion (``logit`` <= ``pairwise`` <= ``box``); mean cross-entropy
+    on the clean inputs and its certified upper bounds over the ball (``loss_bound``: the task-independent
+    Lipschitz form, ``loss_bound_box``: interval form); ``pgd_robust_accuracy`` is an upper bound on the
+    robust accuracy. A *violation* is an example certified by ``box`` that PGD broke (any is a bug: the
+    certificate is deterministic); ``certified`` / ``pgd_robust`` are the per-example flags in ``idx`` order.
+    """
+
+    eps: float
+    n: int
+    clean_accuracy: float
+    certified_logit: float
+    certified_pairwise: float
+    certified_box: float
+    mean_clean_loss: float
+    mean_loss_bound: float
+    mean_loss_bound_box: float
+    median_feature_deviation: float
+    head_spectral_norm: float
+    pgd_robust_accuracy: float
+    certified: tuple[bool, ...]
+    pgd_robust: tuple[bool, ...]
+    violations: int
+    violating_idx: tuple[int, ...]
+    ok: bool
+    bound_time_s: float
+    attack_time_s: float
+
+
+@dataclass(frozen=True)
+class TransferStage(Record):
+    """Robustness transfer (Nern et al. 2023) from a model's encoder to a fresh linear probe fitted on
+    ``probe_n_train`` training images, certified with ``method`` feature bounds on ``n`` test images."""
+
+    n: int
+    idx: tuple[int, ...]
+    method: str
+    probe_n_train: int
+    probe_train_accuracy: float
+    probe_converged: bool
+    feature_dim: int
+    pgd_steps: int
+    pgd_restarts: int
+    rows: tuple[TransferRow, ...]
+    _NESTED = {"rows": ("tuple", TransferRow)}
+
+
 # ------------------------------------------------------------------------------------------- per model
 @dataclass(frozen=True)
 class ModelInfo(Record):
@@ -384,6 +476,7 @@ _STAGE_TYPES: dict[str, Any] = {
     "info": ModelInfo, "clean": CleanResult, "attacks": AttacksResult, "synbench": SynbenchSummary,
     "probe": ProbeSummary, "smoothing": SmoothingSummary, "compare": CompareSummary,
     "smooth_attack": SmoothAttackStage, "semantic": SemanticStage, "semantic_grid": SemanticGrid,
+    "hidden_cost": HiddenCostResult, "transfer": TransferStage,
 }
 
 
@@ -401,6 +494,8 @@ class ModelStages(Record):
     smooth_attack: SmoothAttackStage | None = None
     semantic: SemanticStage | None = None
     semantic_grid: SemanticGrid | None = None
+    hidden_cost: HiddenCostResult | None = None
+    transfer: TransferStage | None = None
     _NESTED = {name: ("one", typ) for name, typ in _STAGE_TYPES.items()}
     _OMIT_NONE = frozenset(_STAGE_TYPES)
 

@@ -1,0 +1,38 @@
+"""sample_noise(overlap=True) draws the next batch's noise in a helper thread: results must be identical."""
+import numpy as np
+import pytest
+import torch
+
+from estimators.sampling import sample_noise
+
+
+def _net():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(3 * 8 * 8, 5, generator=g)
+    return lambda b: b.reshape(b.shape[0], -1) @ w
+
+
+@pytest.mark.parametrize("target", [None, 2])
+def test_overlap_gives_identical_results(target):
+    x = torch.rand(3, 8, 8)
+    runs = [sample_noise(_net(), x, sigma=0.5, n=1037, num_classes=5, batch_size=100, seed=7, target=target,
+                         overlap=ov) for ov in (False, True)]
+    assert np.array_equal(runs[0].counts, runs[1].counts) and runs[0].counts.sum() == 1037
+    if target is not None:
+        assert np.array_equal(runs[0].half_sums, runs[1].half_sums) and runs[0].half_hits == runs[1].half_hits
+
+
+def test_overlap_inside_inference_mode():
+    x = torch.rand(3, 8, 8)
+    with torch.inference_mode():
+        a = sample_noise(_net(), x, sigma=0.5, n=300, num_classes=5, batch_size=100, seed=1, overlap=True)
+    b = sample_noise(_net(), x, sigma=0.5, n=300, num_classes=5, batch_size=100, seed=1, overlap=False)
+    assert np.array_equal(a.counts, b.counts)
+
+
+def test_overlap_propagates_model_errors_and_shuts_down():
+    def broken(b):
+        raise RuntimeError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        sample_noise(broken, torch.zeros(4), sigma=1.0, n=500, num_classes=2, batch_size=100, seed=0, overlap=True)
