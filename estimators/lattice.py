@@ -216,17 +216,23 @@ def lattice_work_buffers(size: int, device) -> tuple[torch.Tensor, torch.Tensor,
 
 class LatticeSource:
     """``noise_source`` for :func:`estimators.sampling.sample_noise`: batches of model inputs fl(v / levels)
-    (cast to ``dtype``) for the grid point with integer coordinates ``u``, reusing its buffers."""
+    (cast to ``dtype``) for the grid point with integer coordinates ``u``.
+
+    Two output buffers alternate, so the batch returned by one call stays intact while the next call (which
+    ``sample_noise`` may run ahead in its helper thread) fills the other; calls must not overlap each other."""
 
     def __init__(self, u: torch.Tensor, noise: LatticeNoise, dtype: torch.dtype, batch_size: int):
         self.u, self.noise, self.dtype = u, noise, dtype
         self.work = lattice_work_buffers(batch_size * u.numel(), u.device)
-        self.v = torch.empty((batch_size, *u.shape), dtype=torch.int32, device=u.device)
-        self.y = torch.empty((batch_size, *u.shape), dtype=torch.float32, device=u.device)
+        self.v = [torch.empty((batch_size, *u.shape), dtype=torch.int32, device=u.device) for _ in range(2)]
+        self.y = [torch.empty((batch_size, *u.shape), dtype=torch.float32, device=u.device) for _ in range(2)]
+        self._calls = 0
 
     def __call__(self, b: int, generator: torch.Generator) -> torch.Tensor:
-        v = sample_lattice(self.u, b, self.noise, generator, out=self.v[:b], work=self.work)
-        return lattice_input(v, self.noise, self.dtype, out=self.y[:b])
+        k = self._calls % 2
+        self._calls += 1
+        v = sample_lattice(self.u, b, self.noise, generator, out=self.v[k][:b], work=self.work)
+        return lattice_input(v, self.noise, self.dtype, out=self.y[k][:b])
 
 
 def lattice_input(v: torch.Tensor, noise: LatticeNoise, dtype: torch.dtype, *,

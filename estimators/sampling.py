@@ -64,10 +64,12 @@ class _NoiseBatches:
     """
 
     def __init__(self, x: torch.Tensor, sigma: float, bs: int, n: int, generator: torch.Generator, *,
-                 input_dtype: torch.dtype, overlap: Optional[bool]):
+                 input_dtype: torch.dtype, overlap: Optional[bool],
+                 noise_source: Optional[Callable[[int, torch.Generator], torch.Tensor]] = None):
         if overlap is None:  # worth a thread switch per batch: CPU, several batches, >= 2**16 values per batch
             overlap = x.device.type == "cpu" and n > bs and bs * x.numel() >= 2 ** 16
         self.x, self.sigma, self.generator, self.input_dtype = x, sigma, generator, input_dtype
+        self.noise_source = noise_source
         self.sizes = [min(bs, n - s) for s in range(0, n, bs)]
         slots = 2 if overlap else 1
         self.noise = [torch.empty((bs, *x.shape), device=x.device, dtype=x.dtype) for _ in range(slots)]
@@ -79,6 +81,8 @@ class _NoiseBatches:
     def _draw(self, i: int) -> torch.Tensor:
         """Noise of batch i (the helper thread's only job: ``normal_`` is a serial kernel, no thread team)."""
         with torch.inference_mode():  # thread-local: the helper thread needs it too (buffers may be inference tensors)
+            if self.noise_source is not None:  # the classifier inputs themselves (a fresh tensor per batch)
+                return self.noise_source(self.sizes[i], self.generator)
             return self.noise[i % len(self.noise)][:self.sizes[i]].normal_(generator=self.generator)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,6 +95,8 @@ class _NoiseBatches:
             pending = self._pending if self._pending is not None else self.pool.submit(self._draw, i)
             z = pending.result()
             self._pending = self.pool.submit(self._draw, i + 1) if i + 1 < len(self.sizes) else None
+        if self.noise_source is not None:  # z is unused (no first-order sums with a noise source)
+            return self.noise[0][:z.shape[0]], z
         with torch.inference_mode():
             batch = torch.add(self.x, z, alpha=self.sigma, out=self.inputs[i % len(self.inputs)][:z.shape[0]])
             if self.input_dtype != self.x.dtype:  # round the float32 sum once to the classifier's dtype
@@ -225,7 +231,7 @@ def sample_noise(
     x's dtype); noise is drawn in float32 when x or input_dtype is a half dtype, else in x's dtype.
     ``noise_source(b, generator)``: returns the (b, *S) classifier inputs instead of x + sigma z (no ``target``).
     ``overlap`` (default: on for CPU tensors with at least 2 batches of >= 2**16 values, never with a
-    ``noise_source``) draws the next batch's noise in a helper thread; it never changes the results.
+    ``noise_source`` too) draws the next batch's noise in a helper thread; it never changes the results.
     See the module docstring for the outputs and what is deterministic.
     """
     n, num_classes, batch_size, generator, target = _check_sample_args(
@@ -241,7 +247,7 @@ def sample_noise(
     start = time.perf_counter()
 
     source = _NoiseBatches(x, float(sigma), bs, n, generator, input_dtype=input_dtype,
-                           overlap=False if noise_source is not None else overlap)
+                           overlap=overlap, noise_source=noise_source)
     counts = torch.zeros(num_classes, dtype=torch.int64, device=device)
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     if target is not None:
@@ -259,10 +265,7 @@ def sample_noise(
     checked = False
     with torch.inference_mode(), source:
         for b in source.sizes:
-            if noise_source is not None:
-                z, batch = source.noise[0][:b], noise_source(b, generator)  # z unused: no first-order sums here
-            else:
-                z, batch = source.next()
+            z, batch = source.next()
             scores = classifier(batch) if checked else _first_scores(classifier, batch, b, shape, num_classes)
             checked = True
             nonfinite |= ~torch.isfinite(scores).all()

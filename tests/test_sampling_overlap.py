@@ -36,3 +36,14 @@ def test_overlap_propagates_model_errors_and_shuts_down():
 
     with pytest.raises(ValueError, match="boom"):
         sample_noise(broken, torch.zeros(4), sigma=1.0, n=500, num_classes=2, batch_size=100, seed=0, overlap=True)
+
+
+def test_overlap_with_a_noise_source_is_identical():
+    """The sound mode's lattice noise (a noise_source) is drawn ahead in the helper thread too: same counts."""
+    from estimators.lattice import LatticeSource, grid_indices, lattice_noise
+
+    x = (torch.randint(0, 256, (3, 8, 8), generator=torch.Generator().manual_seed(0)) / 255.0).float()
+    runs = [sample_noise(_net(), x, sigma=0.25, n=1037, num_classes=5, batch_size=100, seed=3, overlap=ov,
+                         noise_source=LatticeSource(grid_indices(x), lattice_noise(0.25), torch.float32, 100))
+            for ov in (False, True)]
+    assert np.array_equal(runs[0].counts, runs[1].counts) and runs[0].counts.sum() == 1037
