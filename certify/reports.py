@@ -506,7 +506,7 @@ class RadiusReport:
         d = pc["disparity"]["smoothed"]
         ax.set_title(f"{self.label_text()}: per-class accuracy (smoothed disparity {'-' if d is None else f'{d:.3f}'})",
                      fontsize=9)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         ax.grid(alpha=0.3, axis="y")
         fig.tight_layout()
         path = Path(path)
