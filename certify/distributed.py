@@ -219,7 +219,9 @@ class SmoothingJob:
         import certify.runs  # noqa: F401 - imported now, not during the first example
         from certify.smoothing import Smooth
 
-        return Smooth(model, self.num_classes, self.sigma, device=self.device, **self.smooth_options)
+        # an actor reserves one CPU (num_cpus=1): no noise helper thread competing with the other workers
+        options = {"noise_thread": False if self.device == "cpu" else None, **self.smooth_options}
+        return Smooth(model, self.num_classes, self.sigma, device=self.device, **options)
 
     def run(self, state: Any, unit: int, x: Any, label: int) -> list[dict]:
         from certify.runs import certify_one

@@ -295,15 +295,19 @@ class Smooth:
     model's device; must be finite. Channels for per-channel radii: C = shape[0] for 3-D inputs, otherwise 1.
     ``input_range`` (default [0, 1], pixels): inputs outside it and integer dtypes are refused
     (:func:`check_pixels`); None for inputs that are not images in pixel units.
+    ``noise_thread``: draw the next batch's noise in a helper thread while the model runs (``None``: on CPU when
+    batches are large; results are identical either way). A process that owns one core (a Ray worker) sets False.
     """
 
     def __init__(self, model, num_classes: int, sigma: float, *,
                  input_range: tuple[float, float] | None = PIXEL_RANGE, sound: bool = False,
-                 device: str | torch.device | None = None):
+                 device: str | torch.device | None = None, noise_thread: bool | None = None):
         if not callable(model):
             raise TypeError(f"model must be a callable (e.g. torch.nn.Module), got {type(model).__name__}")
         if not isinstance(sound, bool):
             raise TypeError(f"sound must be a bool, got {type(sound).__name__}")
+        if noise_thread is not None and not isinstance(noise_thread, bool):
+            raise TypeError(f"noise_thread must be True, False or None, got {type(noise_thread).__name__}")
         v = _validate(sigma=sigma, num_classes=num_classes)
         dev = resolve_device(device)
         if dev is not None and isinstance(model, nn.Module):
@@ -313,6 +317,7 @@ class Smooth:
         self.sigma = v["sigma"]
         self.input_range = _check_input_range(input_range)
         self.sound = sound
+        self.noise_thread = noise_thread
         self.device, self.dtype = _model_device_dtype(model)
         if dev is not None:
             self.device = dev
@@ -362,7 +367,7 @@ class Smooth:
             source = LatticeSource(grid_indices(x), self.lattice, self.dtype, min(batch_size, n))
         return sample_noise(self.model, x, sigma=self.sigma, n=n, num_classes=self.num_classes,
                             batch_size=batch_size, seed=seed, target=target, input_dtype=self.dtype,
-                            noise_source=source)
+                            noise_source=source, overlap=self.noise_thread)
 
     # -- PREDICT --------------------------------------------------------------------------------------------
     def predict(self, x, *, n: int, alpha: float, batch_size: int = 1000, seed: int = 0) -> Prediction:

@@ -47,3 +47,16 @@ def test_overlap_with_a_noise_source_is_identical():
                          noise_source=LatticeSource(grid_indices(x), lattice_noise(0.25), torch.float32, 100))
             for ov in (False, True)]
     assert np.array_equal(runs[0].counts, runs[1].counts) and runs[0].counts.sum() == 1037
+
+
+def test_smooth_noise_thread_option():
+    """Smooth(noise_thread=...) only moves the noise drawing to a helper thread: identical certificates."""
+    import certify
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5))
+    x = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(2))
+    certs = [certify.Smooth(net, 5, 0.5, input_range=None, noise_thread=flag).certify(
+        x, n_select=50, n_estimate=3000, alpha=0.01, batch_size=500, seed=4) for flag in (False, True, None)]
+    assert certs[0].p_lower == certs[1].p_lower == certs[2].p_lower and certs[0].label == certs[1].label
+    with pytest.raises(TypeError, match="noise_thread must be True, False or None"):
+        certify.Smooth(net, 5, 0.5, noise_thread=1)
