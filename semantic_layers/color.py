@@ -333,13 +333,27 @@ class _Pivoted:
     """Contrast about a pivot ``p``: ``x -> x + a (x - p)``; ``p`` a number or the grey mean of the image."""
 
     pivot: float | str
+    domain: Any
+    default_range: Any
+
+    def __init__(self, *, domain: Any = None, default_range: Any = None, pivot: float | str = 0.5):
+        super().__init__(domain=domain, default_range=default_range)  # type: ignore[call-arg]
+        self.pivot = _check_pivot(pivot)
 
     def _pivot_of(self, x: torch.Tensor) -> torch.Tensor | float:
         return _grey_mean(x) if self.pivot == "mean" else float(self.pivot)
 
-    def _pivot_dict(self, d: dict) -> dict:
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()  # type: ignore[misc]
         d["pivot"] = self.pivot
         return d
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(domain={self.domain!r}, default_range={self.default_range!r}, "
+                f"pivot={self.pivot!r})")
+
+    def __hash__(self) -> int:
+        return hash((super().__hash__(), self.pivot))
 
 
 @register
@@ -368,20 +382,6 @@ class Contrast(_Pivoted, PiecewiseLinear1D):
     kind = "layer"
     DOMAIN = (-1.0, 1.0)
     DEFAULT_RANGE = (-0.3, 0.3)
-
-    def __init__(self, *, domain: Any = None, default_range: Any = None, pivot: float | str = 0.5):
-        super().__init__(domain=domain, default_range=default_range)
-        self.pivot = _check_pivot(pivot)
-
-    def to_dict(self) -> dict[str, Any]:
-        return self._pivot_dict(super().to_dict())
-
-    def __repr__(self) -> str:
-        return (f"Contrast(domain={self.domain!r}, default_range={self.default_range!r}, "
-                f"pivot={self.pivot!r})")
-
-    def __hash__(self) -> int:
-        return hash((super().__hash__(), self.pivot))
 
     def _pointwise(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         p = self._pivot_of(x)
@@ -426,20 +426,6 @@ class BrightnessContrast(_Pivoted, SemanticPerturbation):
     kind = "layer"
     DOMAIN = ((-1.0, 1.0), (-1.0, 1.0))
     DEFAULT_RANGE = ((-0.2, 0.2), (-0.2, 0.2))
-
-    def __init__(self, *, domain: Any = None, default_range: Any = None, pivot: float | str = 0.5):
-        super().__init__(domain=domain, default_range=default_range)
-        self.pivot = _check_pivot(pivot)
-
-    def to_dict(self) -> dict[str, Any]:
-        return self._pivot_dict(super().to_dict())
-
-    def __repr__(self) -> str:
-        return (f"BrightnessContrast(domain={self.domain!r}, default_range={self.default_range!r}, "
-                f"pivot={self.pivot!r})")
-
-    def __hash__(self) -> int:
-        return hash((super().__hash__(), self.pivot))
 
     def _apply(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         a = theta[:, 0].reshape(-1, 1, 1, 1)

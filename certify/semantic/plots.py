@@ -62,12 +62,7 @@ def plot_accuracy(self: SemanticReport, path: str | os.PathLike, *, points: int 
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _figure_path(fig, path)
 
 
 def plot_histogram(self: SemanticReport, path: str | os.PathLike, *, bins: int = 20) -> Path:
@@ -155,9 +150,4 @@ def picture_grid(self: SemanticReport, path: str | os.PathLike, dataset: Any,
             ax.set_title(sub, fontsize=7)
         row_axes[0].text(-0.15, 0.5, title, rotation=90, va="center", ha="right", fontsize=8,
                          transform=row_axes[0].transAxes)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _figure_path(fig, path)
