@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sys
 import time
 from typing import Any
 
@@ -40,6 +39,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from certify._checks import check_choice, check_float, check_int
+from certify._modes import eval_mode
+from certify._progress import track
 
 logger = logging.getLogger(__name__)
 
@@ -212,9 +213,7 @@ def train_contrastive(model: nn.Module, x: torch.Tensor, *, steps: int, mode: st
         raise ValueError(f"x has {x.shape[0]} images, fewer than batch_size={batch_size}")
     if float(x.min()) < 0 or float(x.max()) > 1:
         raise ValueError("x must have pixel values in [0, 1]")
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         feature_dim = int(_encode(model, x[:2]).shape[1])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -224,29 +223,26 @@ def train_contrastive(model: nn.Module, x: torch.Tensor, *, steps: int, mode: st
     batch_gen = torch.Generator().manual_seed(seed + 1)
     view_gen = torch.Generator().manual_seed(seed + 2)
     attack_gen = torch.Generator().manual_seed(seed + 3)
-    from tqdm.auto import tqdm
-
     losses = []
     start = time.perf_counter()
-    for _ in tqdm(range(steps), desc=f"contrastive ({mode})", disable=not (verbose and sys.stderr.isatty()),
-                  leave=False):
-        xb = x[torch.randint(0, x.shape[0], (batch_size,), generator=batch_gen)]
-        x1, x2 = random_views(xb, view_gen), random_views(xb, view_gen)
-        model.train()
-        z2 = head(_encode(model, x2))
-        loss = nt_xent(head(_encode(model, x1)), z2, temperature=temperature)
-        if mode == "adversarial":
-            model.eval()
-            x_adv = _adversarial_view(model, head, x1, z2, eps=float(eps), steps=pgd_steps,
-                                      temperature=temperature, generator=attack_gen)
+    with eval_mode(model):  # every submodule's train/eval mode is restored afterwards
+        for _ in track(range(steps), total=steps, desc=f"contrastive ({mode})", unit="step", enabled=verbose):
+            xb = x[torch.randint(0, x.shape[0], (batch_size,), generator=batch_gen)]
+            x1, x2 = random_views(xb, view_gen), random_views(xb, view_gen)
             model.train()
-            loss = loss + nt_xent(head(_encode(model, x_adv)), z2, temperature=temperature)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
+            z2 = head(_encode(model, x2))
+            loss = nt_xent(head(_encode(model, x1)), z2, temperature=temperature)
+            if mode == "adversarial":
+                model.eval()
+                x_adv = _adversarial_view(model, head, x1, z2, eps=float(eps), steps=pgd_steps,
+                                          temperature=temperature, generator=attack_gen)
+                model.train()
+                loss = loss + nt_xent(head(_encode(model, x_adv)), z2, temperature=temperature)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
     seconds = time.perf_counter() - start
-    model.train(was_training)
     logger.info("contrastive %s: %d steps in %.1f s, loss %.4f -> %.4f", mode, steps, seconds, losses[0], losses[-1])
     return ContrastiveResult(mode=mode, steps=steps, batch_size=batch_size, lr=float(lr),
                              temperature=float(temperature), projection_dim=projection_dim, eps=float(eps),

@@ -59,6 +59,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from certify._modes import eval_mode
+
 logger = logging.getLogger(__name__)
 
 METHODS = ("ibp", "crown", "crown-ibp", "forward+backward", "alpha-crown")
@@ -513,10 +515,8 @@ def _build(model: nn.Module, example: torch.Tensor, conv_mode: str) -> tuple[Any
     capture = _Capture()
     lirpa_logger = logging.getLogger("auto_LiRPA")
     lirpa_logger.addHandler(capture)
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad(), _quiet():
+        with eval_mode(model), torch.no_grad(), _quiet():
             out = model(example)
             module = lib.BoundedModule(model, (example,), bound_opts={"conv_mode": conv_mode},
                                        device=example.device)
@@ -527,7 +527,6 @@ def _build(model: nn.Module, example: torch.Tensor, conv_mode: str) -> tuple[Any
                          f"{_supported_text()}") from None
     finally:
         lirpa_logger.removeHandler(capture)
-        model.train(was_training)
     _check_constants(module)
     bad = _unsupported(module)
     if bad:

@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from certify._checks import check_bool, check_choice, check_float, check_int
+from certify._modes import eval_mode
 
 logger = logging.getLogger(__name__)
 
@@ -152,9 +153,7 @@ def feature_box(encoder: nn.Module, x: torch.Tensor, *, eps: float, norm: str = 
         raise TypeError(f"encoder must be a torch.nn.Module, got {type(encoder).__name__}")
     x = _check_x(x)
     eps = _check_ball(eps, norm, method, clip, batch_size)
-    was_training = encoder.training
-    encoder.eval()
-    try:
+    with eval_mode(encoder):
         with torch.no_grad():
             h = torch.cat([encoder(x[i:i + batch_size]).flatten(1).double() for i in range(0, x.shape[0],
                                                                                           batch_size)])
@@ -168,8 +167,6 @@ def feature_box(encoder: nn.Module, x: torch.Tensor, *, eps: float, norm: str = 
             b = lirpa.compute_bounds(bounded, x_lower=lo, x_upper=hi, method=method)
             lows.append(b.lower.double())
             ups.append(b.upper.double())
-    finally:
-        encoder.train(was_training)
     lower, upper = torch.cat(lows), torch.cat(ups)
     if lower.shape != h.shape:
         raise ValueError(f"the encoder's bounded output has shape {tuple(lower.shape)}, its features {tuple(h.shape)}")
