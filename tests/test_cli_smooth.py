@@ -27,21 +27,7 @@ class TinyNet(nn.Module):
 
     def forward(self, x):
         return self.net(x)
-
-
-class SlowMLP(nn.Module):
-    """The zoo's digits MLP taking at least 10 ms per batch, so that a run lasts long enough to be interrupted."""
-
-    def __init__(self):
-        super().__init__()
-        from certify import models
-        self.inner = models.build("digits_mlp")
-
-    def forward(self, x):
-        import time
-        time.sleep(0.01)
-        return self.inner(x)
-'''
+''' + (Path(__file__).resolve().parent / "data" / "slow_mlp.py").read_text()
 
 
 @pytest.fixture(scope="module")

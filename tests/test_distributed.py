@@ -27,24 +27,7 @@ ray = pytest.importorskip("ray")  # the optional extra certify-toolkit[ray] (ins
 from certify.distributed import ModelSource, worker_runtime_env  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-NET_PY = '''
-import time
-
-from torch import nn
-
-
-class SlowMLP(nn.Module):
-    """The zoo's digits MLP taking at least 10 ms per batch, so that a run lasts long enough to be interrupted."""
-
-    def __init__(self):
-        super().__init__()
-        from certify import models
-        self.inner = models.build("digits_mlp")
-
-    def forward(self, x):
-        time.sleep(0.01)
-        return self.inner(x)
-'''
+NET_PY = (Path(__file__).resolve().parent / "data" / "slow_mlp.py").read_text()  # SlowMLP
 SETTINGS = dict(n_select=20, n_estimate=500, alpha=0.01, batch_size=128, seed=5, first_order=True, skip=50,
                 max_examples=6, verbose=False, render=False)
 
