@@ -130,11 +130,11 @@ def versions() -> dict[str, str]:
     import certify
 
     out = {"certify": certify.__version__, "torch": torch.__version__, "numpy": np.__version__}
-    try:
-        from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
         out["auto_LiRPA"] = version("auto_LiRPA")
-    except Exception:  # noqa: BLE001 - an optional package that is absent is simply not recorded
+    except PackageNotFoundError:  # installed separately (--no-deps); recorded when present
         pass
     return out
 
