@@ -7,6 +7,7 @@ import os
 import platform
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Mapping
 
@@ -48,7 +49,8 @@ class _Run(StudyContext):
     def __init__(self, out: Path, config: StudyConfig, verbose: bool):
         super().__init__(out, config, verbose)
         self.started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        self.invocation_id = f"{self.started}-{os.getpid()}"
+        # unique even for two invocations of one process within the same second (a fully cached re-run)
+        self.invocation_id = f"{self.started}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.t0 = time.perf_counter()
 
 
