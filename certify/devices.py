@@ -79,10 +79,10 @@ def module_device(model: Any) -> torch.device:
     import torch
 
     if isinstance(model, torch.nn.Module):
-        for t in model.parameters():
-            return t.device
-        for t in model.buffers():
-            return t.device
+        for param in model.parameters():
+            return param.device
+        for buf in model.buffers():
+            return buf.device
     return torch.device("cpu")
 
 
