@@ -332,3 +332,13 @@ def test_the_static_check_catches_a_cpu_factory(tmp_path):
                    "c = torch.linspace(0, 1, 5).tolist()\n"
                    "d = torch.tensor([1.0], dtype=torch.float64)\n")
     assert [line.split(": ")[0] for line in _cpu_factories(src, tmp_path)] == ["m.py:2", "m.py:5"]
+
+
+def test_every_command_that_runs_a_model_has_the_device_flag():
+    """``certify report`` only reads result files (no model runs), so it alone has no --device."""
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert "report" in sub.choices and len(sub.choices) > 5
+    for name, p in sub.choices.items():
+        flags = {s for a in p._actions for s in a.option_strings}
+        assert ("--device" in flags) == (name != "report"), name
