@@ -300,10 +300,19 @@ DEVICE_MODULES = [*sorted((REPO / "certify" / "semantic").glob("*.py")), REPO / 
                   REPO / "certify" / "study" / "checks.py", REPO / "certify" / "hidden_cost.py"]
 
 
-def _cpu_factories(path: Path, root: Path = REPO) -> list[str]:
-    """``torch.<factory>(...)`` calls without ``device=``; a call whose result is immediately turned into Python
-    numbers (``.tolist()``, ``.item()``) is exempt: it produces no tensor for the computation."""
-    tree = ast.parse(path.read_text())
+#: the semantic_layers functions that run on the image's device (the exact layers are built on the CPU and moved)
+DEVICE_FUNCTIONS = {"apply", "pixel_bounds", "_theta_tensor", "_apply", "_pointwise", "_breakpoints", "_bounds",
+                    "_grid_coords", "bilinear_zero", "round_outward", "_pivot_of", "_grey_mean"}
+
+
+def _cpu_factories(path: Path, root: Path = REPO, functions: set[str] | None = None) -> list[str]:
+    """``torch.<factory>(...)`` calls without ``device=`` (only inside ``functions`` when given); a call whose result
+    is immediately turned into Python numbers (``.tolist()``, ``.item()``) is exempt: it produces no tensor for the
+    computation."""
+    tree: ast.AST = ast.parse(path.read_text())
+    if functions is not None:
+        tree = ast.Module(body=[f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and f.name in functions],
+                          type_ignores=[])
     exempt = {id(node.func.value) for node in ast.walk(tree)
               if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
               and node.func.attr in ("tolist", "item") and isinstance(node.func.value, ast.Call)}
@@ -321,6 +330,10 @@ def _cpu_factories(path: Path, root: Path = REPO) -> list[str]:
 
 def test_tensor_factories_of_the_device_paths_name_their_device():
     bad = [b for path in DEVICE_MODULES for b in _cpu_factories(path)]
+    layers = sorted((REPO / "semantic_layers").glob("*.py"))
+    found = {f.name for path in layers for f in ast.walk(ast.parse(path.read_text())) if isinstance(f, ast.FunctionDef)}
+    assert DEVICE_FUNCTIONS <= found, DEVICE_FUNCTIONS - found
+    bad += [b for path in layers for b in _cpu_factories(path, functions=DEVICE_FUNCTIONS)]
     assert not bad, "\n".join(bad)
 
 
@@ -332,6 +345,12 @@ def test_the_static_check_catches_a_cpu_factory(tmp_path):
                    "c = torch.linspace(0, 1, 5).tolist()\n"
                    "d = torch.tensor([1.0], dtype=torch.float64)\n")
     assert [line.split(": ")[0] for line in _cpu_factories(src, tmp_path)] == ["m.py:2", "m.py:5"]
+    src.write_text("import torch\n"
+                   "def _bounds(x):\n"
+                   "    return torch.empty(3)\n"
+                   "def _layer_spec(x):\n"
+                   "    return torch.ones(3)\n")
+    assert [line.split(": ")[0] for line in _cpu_factories(src, tmp_path, {"_bounds"})] == ["m.py:3"]
 
 
 def test_every_command_that_runs_a_model_has_the_device_flag():
