@@ -217,13 +217,13 @@ def _mini_study():
 
 
 def _study_numbers(out: Path) -> dict:
-    """Every stage result of results.json without timings and without the paths inside ``out``."""
+    """Every stage result of results.json without timings (``*time*``, ``*seconds*``) and the paths inside ``out``."""
     text = (out / "results.json").read_text().replace(str(out), "OUT")
     models_ = json.loads(text)["models"]
 
     def strip(v):
         if isinstance(v, dict):
-            return {k: strip(w) for k, w in v.items() if "time" not in k}
+            return {k: strip(w) for k, w in v.items() if "time" not in k and "seconds" not in k}
         if isinstance(v, list):
             return [strip(w) for w in v]
         return v

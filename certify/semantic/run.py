@@ -138,7 +138,9 @@ def semantic_report(model: nn.Module, dataset: Any, perturbations: Sequence[Any]
     model_net = lirpa.bounded_module(model, dataset[0][0].float().unsqueeze(0).to(module_device(model)))
     ranges = {p.name: resolve_range(p, max_param) for p in perturbations}
     indices = list(range(0, len(dataset), opts["skip"]))[:opts["max_examples"]]
-    settings = _settings(model, dataset, perturbations, ranges, opts)
+    # the device type is part of the settings: a resumed run never mixes rows computed on different devices
+    settings = {**_settings(model, dataset, perturbations, ranges, opts),
+                "device_type": torch.device(job_device).type}
     n_params = {p.name: len(p.param_names) for p in perturbations}
     preamble = [f"{PREAMBLE_TAG} {json.dumps(jsonable(settings), sort_keys=True)}"]
     match = [k for k in settings if k != "max_examples"]
