@@ -51,6 +51,7 @@ Norms other than l2 (input units after multiplying by sigma):
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 
@@ -239,6 +240,7 @@ def _z1_of_z2_scalar(q: float, z2: float) -> float:
     return -float(_Phi_inv(max(q - float(_Phi(z2)), 1e-300)))
 
 
+@functools.lru_cache(maxsize=512)
 def _slab_endpoints_scalar(p: float, m: float) -> tuple[float, float]:
     """:func:`_slab_endpoints` for one (p, m), step for step (the same ufuncs on float64 scalars)."""
     q = 1.0 - p
@@ -259,6 +261,7 @@ def _slab_endpoints_scalar(p: float, m: float) -> tuple[float, float]:
     return lo, _z1_of_z2_scalar(q, lo)
 
 
+@functools.lru_cache(maxsize=512)
 def _slab_radius_scalar(p: float, m: float) -> float:
     """:func:`_slab_radius` for one (p, m), step for step."""
     z2, z1 = _slab_endpoints_scalar(p, m)
@@ -341,8 +344,14 @@ _LAM2_MIN = 1e-12
 
 def _newton_root(r: float, l0: float, l1: float, x: float) -> float:
     """Newton iteration for a root of the convex s(x) = exp(r x - r^2/2) - l0 - l1 x started where s(x) > 0
-    on the outer side of that root: for a convex function the iterates then approach it monotonically."""
-    for _ in range(200):
+    on the outer side of that root: for a convex function the iterates then approach it monotonically.
+
+    At most ``_NEWTON_STEPS`` steps. Rounding can make the iterates cycle among a few floats next to the root
+    without meeting the step test; the iteration map is deterministic, so once an iterate repeats, the iterate
+    after ``_NEWTON_STEPS`` steps is read off the cycle instead of stepping on."""
+    seen = {x: 0}
+    path = [x]
+    for k in range(1, _NEWTON_STEPS + 1):
         e = math.exp(r * x - 0.5 * r * r)
         s = e - l0 - l1 * x
         ds = r * e - l1
@@ -352,7 +361,14 @@ def _newton_root(r: float, l0: float, l1: float, x: float) -> float:
         x -= step
         if abs(step) <= 1e-15 * max(1.0, abs(x)):
             break
+        first = seen.setdefault(x, k)
+        if first != k:  # x_k = x_first: the iterates repeat with period k - first from here on
+            return path[first + (_NEWTON_STEPS - first) % (k - first)]
+        path.append(x)
     return x
+
+
+_NEWTON_STEPS = 200
 
 
 def _roots_in_range(r: float, l0: float, l1: float) -> list[float]:
