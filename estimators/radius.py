@@ -77,6 +77,7 @@ __all__ = [
 
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
 _INV_SQRT_2PI = 1.0 / _SQRT_2PI
+_SQRT_HALF = math.sqrt(0.5)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -233,16 +234,26 @@ def _slab_endpoints(p: np.ndarray, m: np.ndarray):
 
 
 def _phi_scalar(x: float) -> float:
-    return float(np.exp(-0.5 * (x * x))) * _INV_SQRT_2PI
+    return math.exp(-0.5 * (x * x)) * _INV_SQRT_2PI
+
+
+def _Phi_scalar(x: float) -> float:
+    """Phi(x) for one float with math.erf / math.erfc (the formula of scipy's ndtr; a few ulps either way)."""
+    t = x * _SQRT_HALF
+    if abs(t) < _SQRT_HALF:
+        return 0.5 + 0.5 * math.erf(t)
+    y = 0.5 * math.erfc(abs(t))
+    return 1.0 - y if t > 0.0 else y
 
 
 def _z1_of_z2_scalar(q: float, z2: float) -> float:
-    return -float(_Phi_inv(max(q - float(_Phi(z2)), 1e-300)))
+    return -float(_Phi_inv(max(q - _Phi_scalar(z2), 1e-300)))
 
 
 @functools.lru_cache(maxsize=512)
 def _slab_endpoints_scalar(p: float, m: float) -> tuple[float, float]:
-    """:func:`_slab_endpoints` for one (p, m), step for step (the same ufuncs on float64 scalars)."""
+    """:func:`_slab_endpoints` for one (p, m), step for step (Phi and phi from the math module: the same values
+    to a few ulps, without numpy's per-call cost; cached, as the radius searches ask for the same slab often)."""
     q = 1.0 - p
     zc = float(_Phi_inv(p))
     if m >= _phi_scalar(zc):
@@ -263,7 +274,7 @@ def _slab_endpoints_scalar(p: float, m: float) -> tuple[float, float]:
 
 @functools.lru_cache(maxsize=512)
 def _slab_radius_scalar(p: float, m: float) -> float:
-    """:func:`_slab_radius` for one (p, m), step for step."""
+    """:func:`_slab_radius` for one (p, m), step for step (math-module erf / Phi; cached)."""
     z2, z1 = _slab_endpoints_scalar(p, m)
     lo = float(_Phi_inv(p))
     hi = z1 if math.isfinite(z2) else lo
@@ -271,7 +282,7 @@ def _slab_radius_scalar(p: float, m: float) -> float:
         mid = 0.5 * (lo + hi)
         if not lo < mid < hi:
             break
-        if float(_slab_value_minus_half(z2, z1, mid)) > _SLAB_ROUNDING:
+        if 0.5 * math.erf((z1 - mid) * _SQRT_HALF) - _Phi_scalar(z2 - mid) > _SLAB_ROUNDING:
             lo = mid
         else:
             hi = mid
@@ -487,6 +498,10 @@ def _maximise_dual(r, p, a, b, lam0=None, max_iter=80):
             step_f = gf / scale
         if not np.all(np.isfinite(step_f)) or float(np.dot(step_f, gf)) <= 0.0:
             step_f = gf / scale
+        elif float(np.dot(step_f, gf)) <= 8.0 * _EPS * max(1.0, abs(D)):
+            # the Newton model predicts a gain below the rounding of D: no step can be told apart from here
+            converged = bool(np.max(np.abs(g[free])) < 1e-7)
+            break
         accepted = False
         for direction in (step_f, gf / scale):
             step = np.zeros(3)
@@ -559,36 +574,114 @@ def worst_case_probability_two_component(p: float, m_parallel: float, m_orthogon
     return _certified_dual_value(r, lam, p, a, b)
 
 
+# The estimate-driven search (:meth:`_TwoComponentSolver.radius`) hands over to the certified search once a
+# multiplier exceeds this: there the dual is a small difference of huge terms, Newton ascent from a neighbour's
+# multipliers can stall far from the optimum, and the estimate would undershoot the root badly.
+_LAM_FAST_MAX = 1e4
 _R_CAP = 50.0  # sigma units; radii are never searched beyond this (returning a smaller radius is always sound)
 
 
 class _TwoComponentSolver:
-    """Certified radius for one (p, a, b): safeguarded Newton search on r of (certified dual value - 1/2)."""
+    """Certified radius for one (p, a, b).
+
+    :meth:`radius` finds the root in r of (dual value - 1/2) by Newton steps on the dual *estimate* (multipliers
+    by Newton ascent, Gauss-Legendre quadrature: cheap, not a bound), then certifies ONE point a tolerance below
+    that root with the proven lower bound of :func:`_certified_dual_value`. Only a certified point is returned;
+    if the certification fails, :meth:`certified_search` (every iterate certified) takes over.
+    """
 
     def __init__(self, p: float, a: float, b: float):
         self.p, self.a, self.b = p, a, b
         self._lams: list[tuple[float, np.ndarray]] = []
 
-    def value(self, r: float) -> tuple[float, float]:
-        """(certified lower bound on the worst-case pA at r, its derivative in r at the optimal multipliers)."""
+    def _multipliers(self, r: float) -> tuple[np.ndarray, float, bool]:
+        """Multipliers at r by Newton ascent from those of the nearest r solved so far (else the slab's)."""
         lam0 = None
         if self._lams:
             lam0 = min(self._lams, key=lambda item: abs(item[0] - r))[1].copy()
         lam, d_est, converged = _maximise_dual(r, self.p, self.a, self.b, lam0=lam0)
+        return lam, d_est, converged
+
+    def _certified(self, r: float, lam: np.ndarray, d_est: float) -> float:
         # the bound is valid at any tolerance; resolve it only as finely as the decision "> 1/2" needs
         tol = min(1e-6, max(1e-10, 1e-2 * abs(d_est - 0.5)))
-        d = _certified_dual_value(r, lam, self.p, self.a, self.b, tol=tol)
-        if lam0 is not None and not converged:  # retry from the slab multipliers; keep the better bound
-            lam_c, _, _ = _maximise_dual(r, self.p, self.a, self.b)
-            d_c = _certified_dual_value(r, lam_c, self.p, self.a, self.b, tol=tol)
+        return _certified_dual_value(r, lam, self.p, self.a, self.b, tol=tol)
+
+    def estimate(self, r: float) -> tuple[float, float, np.ndarray]:
+        """(dual estimate at r, its derivative in r, the multipliers); not a certified value."""
+        lam, d_est, converged = self._multipliers(r)
+        if self._lams and not converged:  # retry from the slab multipliers; keep the larger dual
+            lam_c, d_c, _ = _maximise_dual(r, self.p, self.a, self.b)
+            if d_c > d_est:
+                lam, d_est = lam_c, d_c
+        self._lams.append((r, lam))
+        return float(d_est), _dual_r_derivative(r, lam), lam
+
+    def value(self, r: float) -> tuple[float, float]:
+        """(certified lower bound on the worst-case pA at r, its derivative in r at the optimal multipliers)."""
+        lam0_given = bool(self._lams)
+        lam, d_est, converged = self._multipliers(r)
+        d = self._certified(r, lam, d_est)
+        if lam0_given and not converged:  # retry from the slab multipliers; keep the better bound
+            lam_c, d_c_est, _ = _maximise_dual(r, self.p, self.a, self.b)
+            d_c = self._certified(r, lam_c, d_est)
             if d_c > d:
                 lam, d = lam_c, d_c
         self._lams.append((r, lam))
         return d, _dual_r_derivative(r, lam)
 
     def radius(self, r_start: float, rtol: float) -> float:
+        """A certified r >= r_start within about ``rtol`` (relative) below the root of the dual value - 1/2.
+
+        Newton steps on the estimate locate the root (safeguarded by a bracket); the point one tolerance below
+        it is certified with the multipliers found at the root (any multipliers give a valid bound).
+        """
+        r = r_start  # certified by the caller
+        d, fp, lam = self.estimate(r)
+        f = d - 0.5
+        if f <= 0.0:
+            return r_start
+        if not lam.max() < _LAM_FAST_MAX:
+            return self.certified_search(r_start, rtol)
+        lo, hi = r_start, math.inf
+        for _ in range(40):
+            tol = rtol * max(r, 1e-2)
+            step = -f / fp if fp < 0.0 and abs(f) < -fp * 1e300 else math.inf
+            if abs(step) <= 0.05 * tol:
+                break  # r is within a twentieth of the tolerance of the estimate's root
+            r_new = r + step
+            if not (lo < r_new < hi):
+                r_new = 0.5 * (lo + hi) if math.isfinite(hi) else max(lo * 1.25 + 0.05, lo + 1e-3)
+            r_new = min(r_new, _R_CAP)
+            d, fp, lam = self.estimate(r_new)
+            if not lam.max() < _LAM_FAST_MAX:
+                return self.certified_search(r_start, rtol)
+            r, f = r_new, d - 0.5
+            if f > 0.0:
+                lo = r
+                if lo >= _R_CAP:
+                    break
+            else:
+                hi = r
+            if hi - lo <= 0.05 * rtol * max(lo, 1e-2):
+                break
+        else:
+            return self.certified_search(r_start, rtol)
+        root = min(max(r + (-f / fp if fp < 0.0 else 0.0), lo), hi)
+        r_c = min(root - rtol * max(root, 1e-2), _R_CAP)
+        if r_c <= r_start:
+            return r_start
+        # the estimate exceeds 1/2 by about |fp| (root - r_c) at r_c: resolve the bound to a quarter of that
+        margin = -fp * (root - r_c) if fp < 0.0 else 0.0
+        tol = max(1e-10, 0.25 * margin)
+        if _certified_dual_value(r_c, lam, self.p, self.a, self.b, tol=tol) > 0.5:
+            return r_c
+        return self.certified_search(r_start, rtol)
+
+    def certified_search(self, r_start: float, rtol: float) -> float:
         """Largest certified r found by Newton steps from the certified end, aimed slightly short of the
         predicted root; the bracket [lo, hi] (lo certified, hi not) is bisected when a step leaves it."""
+        self._lams.clear()  # start from the slab multipliers, not from the estimates' multipliers
         lo = r_start  # certified by the caller
         d, fp_lo = self.value(lo)
         f_lo = d - 0.5
