@@ -54,6 +54,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+from typing import Optional
 
 import numpy as np
 from scipy import special
@@ -590,9 +591,11 @@ class _TwoComponentSolver:
     if the certification fails, :meth:`certified_search` (every iterate certified) takes over.
     """
 
-    def __init__(self, p: float, a: float, b: float):
+    def __init__(self, p: float, a: float, b: float, start: Optional[tuple[float, np.ndarray]] = None):
         self.p, self.a, self.b = p, a, b
-        self._lams: list[tuple[float, np.ndarray]] = []
+        # (r, multipliers) solved so far: Newton ascent starts from the nearest; ``start`` seeds it (a neighbour)
+        self._lams: list[tuple[float, np.ndarray]] = [] if start is None else [start]
+        self.root: Optional[tuple[float, np.ndarray]] = None  # (r, multipliers) where the estimate search ended
 
     def _multipliers(self, r: float) -> tuple[np.ndarray, float, bool]:
         """Multipliers at r by Newton ascent from those of the nearest r solved so far (else the slab's)."""
@@ -630,43 +633,40 @@ class _TwoComponentSolver:
         self._lams.append((r, lam))
         return d, _dual_r_derivative(r, lam)
 
-    def radius(self, r_start: float, rtol: float) -> float:
+    def radius(self, r_start: float, rtol: float, r_guess: Optional[float] = None) -> float:
         """A certified r >= r_start within about ``rtol`` (relative) below the root of the dual value - 1/2.
 
-        Newton steps on the estimate locate the root (safeguarded by a bracket); the point one tolerance below
-        it is certified with the multipliers found at the root (any multipliers give a valid bound).
+        Newton steps on the estimate locate the root (safeguarded by a bracket), starting at ``r_guess`` when one
+        above r_start is given (a neighbouring solution), else at r_start; the point one tolerance below the root
+        is certified with the multipliers found at the root (any multipliers give a valid bound).
         """
-        r = r_start  # certified by the caller
-        d, fp, lam = self.estimate(r)
-        f = d - 0.5
-        if f <= 0.0:
-            return r_start
-        if not lam.max() < _LAM_FAST_MAX:
-            return self.certified_search(r_start, rtol)
-        lo, hi = r_start, math.inf
+        r = min(r_guess, _R_CAP) if r_guess is not None and r_guess > r_start else r_start
+        lo, hi = r_start, math.inf  # r_start is certified by the caller; its estimate is not known yet
+        lo_seen = False
         for _ in range(40):
-            tol = rtol * max(r, 1e-2)
-            step = -f / fp if fp < 0.0 and abs(f) < -fp * 1e300 else math.inf
-            if abs(step) <= 0.05 * tol:
-                break  # r is within a twentieth of the tolerance of the estimate's root
-            r_new = r + step
-            if not (lo < r_new < hi):
-                r_new = 0.5 * (lo + hi) if math.isfinite(hi) else max(lo * 1.25 + 0.05, lo + 1e-3)
-            r_new = min(r_new, _R_CAP)
-            d, fp, lam = self.estimate(r_new)
+            d, fp, lam = self.estimate(r)
             if not lam.max() < _LAM_FAST_MAX:
                 return self.certified_search(r_start, rtol)
-            r, f = r_new, d - 0.5
+            f = d - 0.5
             if f > 0.0:
-                lo = r
-                if lo >= _R_CAP:
-                    break
+                lo, lo_seen = r, True
+            elif r <= r_start:
+                return r_start  # the estimate is <= 1/2 already at the certified start
             else:
                 hi = r
-            if hi - lo <= 0.05 * rtol * max(lo, 1e-2):
-                break
+            tol = rtol * max(r, 1e-2)
+            step = -f / fp if fp < 0.0 and abs(f) < -fp * 1e300 else math.inf
+            if abs(step) <= 0.05 * tol or hi - lo <= 0.05 * rtol * max(lo, 1e-2) or lo >= _R_CAP:
+                break  # r is within a twentieth of the tolerance of the estimate's root
+            r_new = r + step
+            if r_new <= lo and not lo_seen:
+                r_new = lo  # the root may lie below the guess's bracket: look at the certified start itself
+            elif not (lo < r_new < hi):
+                r_new = 0.5 * (lo + hi) if math.isfinite(hi) else max(lo * 1.25 + 0.05, lo + 1e-3)
+            r = min(r_new, _R_CAP)
         else:
             return self.certified_search(r_start, rtol)
+        self.root = (r, lam)
         root = min(max(r + (-f / fp if fp < 0.0 else 0.0), lo), hi)
         r_c = min(root - rtol * max(root, 1e-2), _R_CAP)
         if r_c <= r_start:
@@ -753,15 +753,23 @@ def radius_two_component(p, m_parallel, m_orthogonal, *, rtol: float = 1e-4):
 
 
 def _radius_two_component_scalar(p: float, a: float, b: float, rtol: float) -> float:
+    return _radius_two_component_hinted(p, a, b, rtol)[0]
+
+
+def _radius_two_component_hinted(p: float, a: float, b: float, rtol: float, hint=None):
+    """(radius, (r, multipliers) near the root or None); ``hint`` = (r_guess, (r, multipliers)) of a neighbouring
+    (a, b) only speeds the search up (the returned radius is certified whatever the hint)."""
     if p <= 0.5:
-        return 0.0
+        return 0.0, None
     thr = float(_phi(_Phi_inv(p)))
     a = min(a, thr)  # above the threshold the parallel constraint is inactive for every h with E h = p
     r_slab = float(_slab_radius(np.array([p]), np.array([a]))[0])
     b = min(b, thr * (1.0 - 1e-9))
     if b <= 0.0:
-        return r_slab
-    return max(r_slab, _TwoComponentSolver(p, a, b).radius(r_slab, rtol))
+        return r_slab, None
+    r_guess, start = (None, None) if hint is None else hint
+    solver = _TwoComponentSolver(p, a, b, start=start)
+    return max(r_slab, solver.radius(r_slab, rtol, r_guess=r_guess)), solver.root
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -790,12 +798,15 @@ def scan_radius(p, a_unit, l2_upper, l2_lower, k_max, *, rtol: float = 1e-3, max
     thr = float(_phi(_Phi_inv(p)))
     M = min(M, thr)
     cache: dict[float, float] = {}
+    roots: dict[float, tuple[float, np.ndarray]] = {}  # k -> (r, multipliers) where its search ended
 
     def r2(k: float) -> float:
         if k not in cache:
             a = min(k * a_unit, M)
             b = math.sqrt(max(0.0, L * L - a * a))
-            cache[k] = _radius_two_component_scalar(p, a, b, 1e-4)
+            cache[k], root = _radius_two_component_hinted(p, a, b, 1e-4, _neighbour_hint(k, roots))
+            if root is not None:
+                roots[k] = root
         return cache[k]
 
     K = k_max if a_unit <= 0.0 else min(k_max, max(1.0, M / a_unit))
@@ -827,6 +838,23 @@ def scan_radius(p, a_unit, l2_upper, l2_lower, k_max, *, rtol: float = 1e-3, max
             k_new = 0.5 * (k_a + k_b)
         ks.insert(j + 1, k_new)
         r2(k_new)
+
+
+def _neighbour_hint(k: float, roots: dict[float, tuple[float, np.ndarray]]):
+    """(r_guess, (r, multipliers)) for the search at k from the searches already done: r interpolated linearly
+    between the nearest k on either side (else the nearest one's), multipliers of the nearest; None if none."""
+    if not roots:
+        return None
+    below = [q for q in roots if q < k]
+    above = [q for q in roots if q > k]
+    near = min(roots, key=lambda q: abs(q - k))
+    if below and above:
+        k_a, k_b = max(below), min(above)
+        r_a, r_b = roots[k_a][0], roots[k_b][0]
+        guess = r_a + (r_b - r_a) * (k - k_a) / (k_b - k_a)
+    else:
+        guess = roots[near][0]
+    return guess, roots[near]
 
 
 def _dim(dim) -> int:

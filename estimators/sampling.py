@@ -26,14 +26,15 @@ Determinism: all noise comes from one ``torch.Generator`` on x's device, seeded 
 the caller) and consumed in order, every ``normal_`` call covering a whole number of 16-value chunks (rows drawn
 beyond a batch are carried over to the next). torch's CPU ``normal_`` transforms its uniforms 16 at a time, so
 on CPU the stream does not depend on how it is cut into batches: the noisy inputs and ``counts`` are identical
-for every ``batch_size`` (Gaussian noise; a ``noise_source`` defines its own stream). The first-order sums are accumulated
-batch by batch in the noise dtype, so across batch sizes they agree to float rounding only. On CPU the next
-batch's noise is drawn by one helper thread while the classifier evaluates the current batch (``overlap``; two
-buffer pairs alternate); with one intra-op thread the helper also forms x + sigma z and accumulates the
-first-order sums, so the caller's thread only runs the classifier. The helper consumes the generator in the
-same order and runs the same operations, so every result is identical either way. Results are identical for
-the same (seed, n, input, device type, torch version). Scores are computed under ``torch.inference_mode``. The
-classifier's train/eval mode is NOT changed here (``certify.smoothing.Smooth`` handles that).
+for every ``batch_size`` (Gaussian noise; a ``noise_source`` defines its own stream). The first-order sums are
+accumulated batch by batch in the noise dtype, so across batch sizes they agree to float rounding only. On CPU
+the next batch's noise is drawn by one helper thread while the classifier evaluates the current batch
+(``overlap``; two buffer pairs alternate); with one intra-op thread the helper also forms x + sigma z and
+accumulates the first-order sums, so the caller's thread only runs the classifier. The helper consumes the
+generator in the same order and runs the same operations, so every result is identical either way. Results are
+identical for the same (seed, n, input, device type, torch version). Scores are computed under
+``torch.inference_mode``. The classifier's train/eval mode is NOT changed here (``certify.smoothing.Smooth``
+handles that).
 """
 from __future__ import annotations
 
