@@ -94,7 +94,7 @@ class _NoiseBatches:
         self._carry: Optional[torch.Tensor] = None
         self._next = 0
         self._pending: Optional[Future] = None
-        self._jobs: list[Future] = []
+        self._queued: list[Callable[[], None]] = []  # work on earlier batches, run before the next draw
 
     def _noise(self, i: int) -> torch.Tensor:
         """z of batch i: the rows carried from batch i - 1, then whole blocks of fresh draws."""
@@ -117,9 +117,11 @@ class _NoiseBatches:
             batch = batch.to(self.input_dtype)
         return batch
 
-    def _draw(self, i: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """(z, x + sigma z or None) of batch i (``normal_`` is a serial kernel, no thread team)."""
+    def _draw(self, i: int, before: tuple[Callable[[], None], ...] = ()) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(z, x + sigma z or None) of batch i, after running ``before`` (``normal_`` is a serial kernel)."""
         with torch.inference_mode():  # thread-local: the helper thread needs it too (buffers may be inference tensors)
+            for fn in before:
+                fn()
             if self.noise_source is not None:  # the classifier inputs themselves (a fresh tensor per batch)
                 return self.noise[0][:self.sizes[i]], self.noise_source(self.sizes[i], self.generator)
             z = self._noise(i)
@@ -134,30 +136,29 @@ class _NoiseBatches:
         else:
             pending = self._pending if self._pending is not None else self.pool.submit(self._draw, i)
             z, batch = pending.result()
-            self._pending = self.pool.submit(self._draw, i + 1) if i + 1 < len(self.sizes) else None
+            self._pending = None
+            if i + 1 < len(self.sizes):  # queued work first: the draw reuses the buffers it reads
+                before, self._queued = tuple(self._queued), []
+                self._pending = self.pool.submit(self._draw, i + 1, before)
         if batch is None:
             with torch.inference_mode():
                 batch = self._sum(i, z)
         return z, batch
 
     def after(self, fn: Callable[[], None]) -> None:
-        """Run ``fn`` (work on the current batch's noise) now, or in the helper thread after the draws queued so
-        far (before the draw that reuses this batch's buffers); :meth:`finish` waits for it."""
-        if self.pool is None or not self.helper_sums:
+        """Run ``fn`` (work on the current batch's noise) now, or queue it for the helper thread, which runs it
+        just before the next draw it is given (so before any draw reuses this batch's buffers)."""
+        if self.helper_sums:
+            self._queued.append(fn)
+        else:
             fn()
-            return
-
-        def job() -> None:
-            with torch.inference_mode():
-                fn()
-
-        self._jobs.append(self.pool.submit(job))
 
     def finish(self) -> None:
-        """Wait for the work queued with :meth:`after`; re-raises its errors."""
-        for job in self._jobs:
-            job.result()
-        self._jobs.clear()
+        """Run the work still queued (in the caller's thread: the helper has no draw left to do)."""
+        with torch.inference_mode():
+            for fn in self._queued:
+                fn()
+        self._queued.clear()
 
     def __enter__(self) -> "_NoiseBatches":
         return self
