@@ -29,9 +29,13 @@ bounds is a linear program in h. For p > 1/2 and r >= 0:
   of large terms) are bounded explicitly. Composite Gauss-Legendre (20 points per interval) is used only to
   find the multipliers.
   The slab radius keeps a few-ulp margin above 1/2 for the same reason. Multipliers come from a damped
-  Newton ascent on the concave dual; the radius from a safeguarded Newton/secant search in r that only ever
-  reports a certified r. (The paper's official code uses nested bisections with 1000-point Gauss-Hermite and
-  no certified lower bound.) tests/test_radius.py checks the dual against a brute-force grid LP.
+  Newton ascent on the concave dual; the radius from Newton steps in r on the dual *estimate* (Gauss-Legendre,
+  cheap) that locate the root, then ONE proven lower bound at a point a tolerance below it, so only a
+  certified r is ever reported (a search that certifies every iterate takes over if that bound fails or the
+  multipliers grow huge). The l1 / l_inf scans start each search from the root interpolated between
+  neighbouring k. (The paper's official code uses nested bisections with 1000-point Gauss-Hermite and no
+  certified lower bound.) tests/test_radius.py checks the dual against a brute-force grid LP;
+  tests/test_radius_reference.py checks the radii against the every-iterate-certified search.
 
 Soundness of plugging bounds in: because the constraints are inequalities (E h >= p, <g,u> >= -m, orthogonal
 part >= b), the true h is feasible whenever the statistical bounds hold, so the LP value (and the radius) for
@@ -734,9 +738,10 @@ def radius_two_component(p, m_parallel, m_orthogonal, *, rtol: float = 1e-4):
     particular if |<g,u>| <= m_parallel) and the component orthogonal to u has norm >= m_orthogonal (g in
     sigma units), then pA(x + sigma r u) > 1/2 for all 0 <= r < R. Equals the slab radius
     ``l2_radius_first_order(p, m_parallel)`` when m_orthogonal = 0, and is never smaller than it (that value is
-    certified first and the search only moves up). Each tested r is certified by the dual lower bound of
-    :func:`worst_case_probability_two_component`; the search stops at relative resolution ``rtol`` and keeps
-    the certified end. ``m_orthogonal`` is capped just below phi(Phi^-1(p)) (no h can have a larger gradient;
+    certified first and the search only moves up). The root of the dual estimate is located to ``rtol`` / 20
+    and the point ``rtol`` (relative) below it is returned once the dual lower bound of
+    :func:`worst_case_probability_two_component` certifies it (else a search certifying every iterate to
+    resolution ``rtol`` decides). ``m_orthogonal`` is capped just below phi(Phi^-1(p)) (no h can have a larger gradient;
     larger values are inconsistent bounds), and radii are not searched beyond 50.
 
     Example: ``radius_two_component(0.9, 0.05, 0.1) ~= 1.63`` vs ``l2_radius_first_order(0.9, 0.05) ~= 1.51``.
