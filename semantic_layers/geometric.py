@@ -131,7 +131,7 @@ class Rotation(SemanticPerturbation):
     def _bounds(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         C, H, W = x.shape
         f64 = torch.float64
-        xo, yo, cx, cy = _offsets(H, W, f64)
+        xo, yo, cx, cy = _offsets(H, W, f64, x.device)
         X = xo.reshape(1, W).expand(H, W).reshape(-1)        # (P,)
         Y = yo.reshape(H, 1).expand(H, W).reshape(-1)
         rho = torch.sqrt(X * X + Y * Y)
@@ -142,17 +142,17 @@ class Rotation(SemanticPerturbation):
             img = torch.cat([img, torch.ones_like(img[:, :1])], dim=1)
             C += 1
         S = lo.shape[0]
-        lower = torch.empty(S, C, H, W, dtype=f64)
+        lower = torch.empty(S, C, H, W, dtype=f64, device=x.device)
         upper = torch.empty_like(lower)
         for s in range(S):
             a0 = math.radians(float(lo[s, 0]))
             a1 = math.radians(float(hi[s, 0]))
             width = a1 - a0
             n_sub = max(1, math.ceil(width / (math.pi / 2)), math.ceil(rho_max * width / self.max_arc_px))
-            edges = a0 + width * torch.arange(n_sub + 1, dtype=f64) / n_sub
+            edges = a0 + width * torch.arange(n_sub + 1, dtype=f64, device=x.device) / n_sub
             edges[0], edges[-1] = a0, a1
-            lo_acc = torch.full((C, P), math.inf, dtype=f64)
-            hi_acc = torch.full((C, P), -math.inf, dtype=f64)
+            lo_acc = torch.full((C, P), math.inf, dtype=f64, device=x.device)
+            hi_acc = torch.full((C, P), -math.inf, dtype=f64, device=x.device)
             chunk = max(1, 250_000 // (P * max(1, C)))
             for c0 in range(0, n_sub, chunk):
                 ea = edges[c0:min(n_sub, c0 + chunk)].reshape(-1, 1)
@@ -191,6 +191,6 @@ class Rotation(SemanticPerturbation):
     def _grid_coords(c0: torch.Tensor, c1: torch.Tensor) -> torch.Tensor:
         """Box ends plus every integer (grid line) in [c0, c1]: (..., 2 + m) with m = floor(max side) + 1."""
         m = int(math.floor(float((c1 - c0).max()))) + 1
-        base = torch.floor(c0).unsqueeze(-1) + 1.0 + torch.arange(m, dtype=c0.dtype)
+        base = torch.floor(c0).unsqueeze(-1) + 1.0 + torch.arange(m, dtype=c0.dtype, device=c0.device)
         inner = torch.minimum(torch.maximum(base, c0.unsqueeze(-1)), c1.unsqueeze(-1))
         return torch.cat([c0.unsqueeze(-1), c1.unsqueeze(-1), inner], dim=-1)

@@ -8,6 +8,10 @@ is rebuilt on the union of their boxes (ReLUs linear there are folded away) and 
 bounds are passed to the composed bound as reference bounds; the larger margin lower bound is used.
 Kind ``"box"`` families (rotation) and the l-inf baselines: the model over the per-pixel box of each piece
 (method "crown": CROWN-IBP, i.e. IBP intermediate bounds and a CROWN pass for the margins).
+
+Everything runs on the image's device (``x.device``, where :func:`~certify.semantic.verify_semantic` put the
+model too): parameter boxes, pixel boxes, margin specifications and the auto_LiRPA wrappers. The exact semantic
+layer of a box is assembled on the CPU in float64 (its ReLU expansion) and moved to the device.
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ class _Bounder:
                  margin_tol: float, model_net: lirpa.BoundedNet | None = None):
         self.model = model
         self.x = x
+        self.device = x.device
         self.label = label
         self.num_classes = num_classes
         self.p = perturbation
@@ -65,9 +70,11 @@ class _Bounder:
 
         if self._spec is None:
             dlo, dhi = self.p.domain_tensors()
-            self._spec = self.p._layer_spec(self.x.double(), dlo, dhi)
-        return build_relu_layer(**self._spec, domain_lo=lo.double(), domain_hi=hi.double(),
-                                image_shape=tuple(self.x.shape), dtype=torch.float32)
+            self._spec = self.p._layer_spec(self.x.detach().cpu().double(), dlo, dhi)
+        layer = build_relu_layer(**self._spec, domain_lo=lo.detach().cpu().double(),
+                                 domain_hi=hi.detach().cpu().double(), image_shape=tuple(self.x.shape),
+                                 dtype=torch.float32)
+        return layer.to(self.device)
 
     def _pixel_box(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pl, pu = self.p.pixel_bounds(self.x, lo.double(), hi.double())
@@ -92,7 +99,7 @@ class _Bounder:
 
     def _margins_chunk(self, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
         S = lo.shape[0]
-        C = lirpa.margin_spec(torch.full((S,), self.label, dtype=torch.long), self.num_classes)
+        C = lirpa.margin_spec(torch.full((S,), self.label, dtype=torch.long, device=self.device), self.num_classes)
         composed = self.baseline is None and self.p.kind == "layer"
         if composed and self.method in ("crown", "ibp"):
             return self._composed(lo, hi, C)

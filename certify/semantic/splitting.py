@@ -1,5 +1,8 @@
 """Adaptive splitting of the parameter range: the largest interval (k = 1) or box scale (k = 2) around 0
-whose pieces all verify, bisecting failing pieces up to ``max_refine`` times."""
+whose pieces all verify, bisecting failing pieces up to ``max_refine`` times.
+
+Piece edges are Python floats (computed on the CPU, so they are the same on every device); the boxes handed to
+the bounder are tensors on its device."""
 from __future__ import annotations
 
 import torch
@@ -73,8 +76,8 @@ def _cut(piece: list, max_refine: int) -> list:
 
 
 def _bound_pieces(bounder: _Bounder, side: list, pieces: list) -> None:
-    lo = torch.tensor([[min(p[0], p[1])] for p in side], dtype=torch.float64)
-    hi = torch.tensor([[max(p[0], p[1])] for p in side], dtype=torch.float64)
+    lo = torch.tensor([[min(p[0], p[1])] for p in side], dtype=torch.float64, device=bounder.device)
+    hi = torch.tensor([[max(p[0], p[1])] for p in side], dtype=torch.float64, device=bounder.device)
     lb = bounder.margins(lo, hi)
     for p, a, b, v in zip(side, lo[:, 0].tolist(), hi[:, 0].tolist(), lb.tolist()):
         p[3] = float(v)
@@ -156,8 +159,8 @@ def _quarter(lo: tuple, hi: tuple) -> list[tuple[tuple, tuple]]:
 
 
 def _bound_cells(bounder: _Bounder, cells: list, pieces: list) -> list[float]:
-    lo = torch.tensor([c[0] for c in cells], dtype=torch.float64)
-    hi = torch.tensor([c[1] for c in cells], dtype=torch.float64)
+    lo = torch.tensor([c[0] for c in cells], dtype=torch.float64, device=bounder.device)
+    hi = torch.tensor([c[1] for c in cells], dtype=torch.float64, device=bounder.device)
     lb = bounder.margins(lo, hi).tolist()
     for (a, b), v in zip(cells, lb):
         pieces.append((tuple(a), tuple(b), float(v)))
