@@ -69,7 +69,8 @@ class _NoiseBatches:
 
     Two buffer pairs alternate. With ``overlap`` a single helper thread draws the noise of batch i + 1 into the
     other pair while the caller uses batch i; with one intra-op thread it also forms x + sigma z and runs the
-    work queued with :meth:`after` (first-order sums), so the caller's thread only runs the model. The caller
+    work queued with :meth:`after` (first-order sums), so the caller's thread only runs the model. A draw the
+    helper has not started when it is needed (no free core) is taken back and done by the caller. The caller
     must be done with a batch when it asks for the next one. The generator is used by one thread at a time, in
     batch order, and every operation is the same in either thread, so the results are the same with or without
     it. Use as a context manager (the helper thread is shut down on exit).
@@ -94,6 +95,7 @@ class _NoiseBatches:
         self._carry: Optional[torch.Tensor] = None
         self._next = 0
         self._pending: Optional[Future] = None
+        self._pending_before: tuple[Callable[[], None], ...] = ()
         self._queued: list[Callable[[], None]] = []  # work on earlier batches, run before the next draw
 
     def _noise(self, i: int) -> torch.Tensor:
@@ -128,18 +130,21 @@ class _NoiseBatches:
             return z, (self._sum(i, z) if self.helper_sums else None)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The next (z, x + sigma z); with overlap, also starts drawing the noise after it."""
+        """The next (z, x + sigma z); with overlap, also starts drawing the noise after it. A draw the helper
+        has not started yet when it is needed is taken back and done in the caller's thread."""
         i = self._next
         self._next += 1
-        if self.pool is None:
+        pending, self._pending = self._pending, None
+        if pending is None:
             z, batch = self._draw(i)
+        elif pending.cancel():  # the helper has not started it (e.g. no free core): draw here, same order
+            z, batch = self._draw(i, self._pending_before)
         else:
-            pending = self._pending if self._pending is not None else self.pool.submit(self._draw, i)
             z, batch = pending.result()
-            self._pending = None
-            if i + 1 < len(self.sizes):  # queued work first: the draw reuses the buffers it reads
-                before, self._queued = tuple(self._queued), []
-                self._pending = self.pool.submit(self._draw, i + 1, before)
+        if self.pool is not None and i + 1 < len(self.sizes):
+            # queued work first: the draw reuses the buffers it reads
+            self._pending_before, self._queued = tuple(self._queued), []
+            self._pending = self.pool.submit(self._draw, i + 1, self._pending_before)
         if batch is None:
             with torch.inference_mode():
                 batch = self._sum(i, z)
