@@ -98,3 +98,42 @@ def test_smooth_certificates_identical_for_batch_sizes_and_noise_thread():
         x, n_select=50, n_estimate=2000, alpha=0.01, batch_size=bs, seed=4)
         for bs in (1, 7, 1000) for flag in (False, True)]
     assert len({(c.label, c.counts, c.counts_select, c.p_lower) for c in certs}) == 1
+
+
+def test_draw_taken_back_from_a_busy_helper_gives_the_same_noise():
+    """When the helper thread has not started the next draw (here: it is held busy), the caller cancels it and
+    draws itself; the stream, and the work queued for the helper, are unchanged."""
+    import threading
+
+    from estimators.sampling import _NoiseBatches, make_generator
+
+    x = torch.rand(3, 7, 7, generator=torch.Generator().manual_seed(1))
+
+    def batches(overlap):
+        out, ran, where = [], [], {}
+        hold = threading.Event()
+        with _NoiseBatches(x, 0.5, 10, 45, make_generator(5, "cpu"), input_dtype=x.dtype, overlap=overlap) as src:
+            draw = src._draw
+
+            def traced(i, before=()):
+                where[i] = threading.current_thread().name
+                return draw(i, before)
+
+            src._draw = traced
+            try:
+                for i in range(len(src.sizes)):
+                    z, batch = src.next()
+                    out.append((z.clone(), batch.clone()))
+                    src.after(lambda i=i: ran.append(i))
+                    if overlap and i == 0:
+                        src.pool.submit(hold.wait)  # the helper is busy from its next job on
+                src.finish()
+            finally:
+                hold.set()
+        return out, ran, where
+
+    ref, ran_ref, _ = batches(False)
+    got, ran_got, where = batches(True)
+    assert ran_ref == ran_got == list(range(5))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(ref, got))
+    assert [where[i] for i in (2, 3, 4)] == [threading.main_thread().name] * 3  # taken back from the helper
