@@ -630,7 +630,7 @@ class _TwoComponentSolver:
         lam, d_est, converged = self._multipliers(r)
         d = self._certified(r, lam, d_est)
         if lam0_given and not converged:  # retry from the slab multipliers; keep the better bound
-            lam_c, d_c_est, _ = _maximise_dual(r, self.p, self.a, self.b)
+            lam_c, _, _ = _maximise_dual(r, self.p, self.a, self.b)
             d_c = self._certified(r, lam_c, d_est)
             if d_c > d:
                 lam, d = lam_c, d_c
