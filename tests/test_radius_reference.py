@@ -1,10 +1,10 @@
 """The estimate-driven two-component search against the certified-search reference values.
 
-tests/data/radius_reference.json holds first-order radii computed by the search that certifies every iterate
-(now ``_TwoComponentSolver.certified_search``, the fallback). The faster search certifies one point a
-tolerance below the root it locates, so every radius must stay at or below the reference (never larger beyond
-float rounding) and within a few solver tolerances of it (rtol 1e-4 for the two-component radius, 1e-3 for
-the l1 / l_inf scans).
+tests/data/radius_reference.json holds first-order radii computed with every search iterate certified (the
+search ``_TwoComponentSolver.certified_search`` runs, also the fallback). The estimate-driven search certifies
+one point a tolerance below the root it locates, so every radius must stay at or below the reference (never
+larger beyond float rounding) and within a few solver tolerances of it (rtol 1e-4 for the two-component
+radius, 1e-3 for the l1 / l_inf scans).
 """
 import json
 from pathlib import Path
