@@ -238,8 +238,8 @@ def sigma_sweep(models: nn.Module | Mapping[str, nn.Module], x: torch.Tensor, y:
             for inputs that are not images such as the slab oracle's points).
         seed: example ``i`` uses the noise seed ``certify.runs.example_seed(seed, i)`` at every sigma and for
             every model (common random numbers: differences between sigmas and models are not sampling noise
-            of different streams), independent of the other examples. As for every smoothing run, the noise
-            stream of a prediction depends on ``batch_size`` (same seed and batch size: same result).
+            of different streams), independent of the other examples. On CPU the noise (hence every
+            prediction) does not depend on ``batch_size`` (:mod:`estimators.sampling`).
         device: where the models run and the noise is drawn (``"cpu"``, ``"cuda"``, ``"auto"``, a ``torch.device``;
             :func:`certify.devices.resolve_device`); the models are moved there. None: each model's own device.
 
