@@ -24,7 +24,8 @@ def certify_1d(bounder: _Bounder, lo: float, hi: float, *, n_splits: int, max_re
         n_side = max(1, int(round(n_splits * abs(end) / total)))
         edges = torch.linspace(0.0, end, n_side + 1, dtype=torch.float64).tolist()
         edges[-1] = end
-        sides[sign] = [[edges[i], edges[i + 1], 0, None] for i in range(n_side)]   # inner, outer, depth, lb
+        # inner, outer, depth, min margin lower bound, per-class margin lower bounds (None: not bounded)
+        sides[sign] = [[edges[i], edges[i + 1], 0, None, None] for i in range(n_side)]
     _bound_pieces(bounder, [q for side in sides.values() for q in side], pieces)
     ends = {-1: 0.0 if lo == 0.0 else lo, 1: 0.0 if hi == 0.0 else hi}
     open_sides = set(sides)
@@ -64,20 +65,26 @@ _LEVELS = 2
 
 
 def _cut(piece: list, max_refine: int) -> list:
-    """A piece [inner, outer, depth, lb] cut into 4 (two bisection levels; one when only one is left)."""
-    inner, outer, depth, _ = piece
+    """A piece [inner, outer, depth, lb, class lbs] cut into 4 (two bisection levels; one when only one is left).
+
+    The pieces lie inside the cut one, so they inherit its per-class margin lower bounds (sound there)."""
+    inner, outer, depth, _, known = piece
     levels = min(_LEVELS, max_refine - depth)
     cuts = torch.linspace(inner, outer, 2 ** levels + 1, dtype=torch.float64).tolist()
     cuts[0], cuts[-1] = inner, outer
-    return [[a, b, depth + levels, None] for a, b in zip(cuts[:-1], cuts[1:])]
+    return [[a, b, depth + levels, None, known] for a, b in zip(cuts[:-1], cuts[1:])]
 
 
 def _bound_pieces(bounder: _Bounder, side: list, pieces: list) -> None:
     lo = torch.tensor([[min(p[0], p[1])] for p in side], dtype=torch.float64)
     hi = torch.tensor([[max(p[0], p[1])] for p in side], dtype=torch.float64)
-    lb = bounder.margins(lo, hi)
-    for p, a, b, v in zip(side, lo[:, 0].tolist(), hi[:, 0].tolist(), lb.tolist()):
+    k1 = bounder.num_classes - 1
+    known = torch.stack([torch.full((k1,), -float("inf")) if p[4] is None else p[4] for p in side])
+    per_class = bounder.class_margins(lo, hi, known)
+    lb = per_class.min(dim=1).values
+    for p, a, b, v, cls in zip(side, lo[:, 0].tolist(), hi[:, 0].tolist(), lb.tolist(), per_class):
         p[3] = float(v)
+        p[4] = cls
         pieces.append(((a,), (b,), float(v)))
 
 
