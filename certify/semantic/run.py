@@ -25,6 +25,7 @@ from certify.rundir import dataset_fingerprint, model_fingerprint, open_run
 
 from .inputs import check_baseline, check_method, check_model, check_perturbation, resolve_range
 from .report import PREAMBLE_TAG, SemanticReport, rows_from_certificate
+from .batch import run_batched
 from .verify import verify_semantic
 
 logger = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def semantic_report(model: nn.Module, dataset: Any, perturbations: Sequence[Any]
                     batch_size: int = 32, seed: int = 0, baseline: str | None = None,
                     margin_tol: float = 1e-4, alpha_iterations: int = 20, plots: bool = True,
                     verbose: bool = True, workers: int | None = None, ray_address: str | None = None,
-                    model_source: Any = None) -> SemanticReport:
+                    model_source: Any = None, image_batch: int = 1) -> SemanticReport:
     """Run :func:`verify_semantic` on dataset examples 0, skip, 2 skip, ... for every perturbation.
 
     Rows (:data:`ROW_COLUMNS`) are appended to ``out/rows.tsv`` as they are produced. ``resume=True``
@@ -92,6 +93,12 @@ def semantic_report(model: nn.Module, dataset: Any, perturbations: Sequence[Any]
     ``workers=N`` verifies the (example, family) pairs on N Ray actors (:func:`certify.distributed.run_on_ray`;
     ``ray_address`` and ``model_source`` as in :func:`certify.runs.certify_dataset`); the driver alone writes
     the rows, in the same order, so ``rows.tsv`` is the same (apart from ``time``) as without workers.
+
+    ``image_batch=N > 1`` (without workers) verifies N images at a time in shared bound calls
+    (:func:`certify.semantic.batch.verify_semantic_batch`) for the families it supports (:func:`batchable`: one
+    parameter, a layer whose structure does not depend on the image, e.g. brightness; method "crown", no
+    baseline); the other families are verified one image at a time as with ``image_batch=1``. Rows are
+    written in the same order; the value is part of the run's settings.
     """
     check_model(model)
     perturbations = _check_perturbations(perturbations)
@@ -110,12 +117,17 @@ def semantic_report(model: nn.Module, dataset: Any, perturbations: Sequence[Any]
         "skip": check_int("skip", skip, 1),
         "max_examples": None if max_examples is None else check_int("max_examples", max_examples, 1),
     }
+    if check_int("image_batch", image_batch, 1) > 1:
+        opts["image_batch"] = image_batch
     batch_size = check_int("batch_size", batch_size, 1)
     parallel = None
     if workers is not None or ray_address is not None or model_source is not None:
         from certify.distributed import check_parallel
 
         parallel = check_parallel(workers, ray_address, model_source)
+        if image_batch > 1:
+            raise ValueError(f"image_batch must be 1 with workers (each worker verifies one image at a time); "
+                             f"got {image_batch}")
     check_bool("resume", resume)
     check_bool("overwrite", overwrite)
     if overwrite and resume:
@@ -153,6 +165,10 @@ def semantic_report(model: nn.Module, dataset: Any, perturbations: Sequence[Any]
                 run_on_ray(model=model, source=parallel["source"], job=job, units=units, example=lambda u: u[0],
                            dataset=dataset, emit=emit, workers=parallel["workers"],
                            ray_address=parallel["ray_address"])
+            elif image_batch > 1:
+                for rows in run_batched(job, model, model_net, dataset, units, image_batch):
+                    run.append(*rows)
+                    bar.update(1)
             else:
                 state = (model, model_net)
                 for unit in units:

@@ -2,6 +2,8 @@
 whose pieces all verify, bisecting failing pieces up to ``max_refine`` times."""
 from __future__ import annotations
 
+from typing import Generator
+
 import torch
 
 from .bounds import _Bounder
@@ -10,6 +12,24 @@ from .bounds import _Bounder
 def certify_1d(bounder: _Bounder, lo: float, hi: float, *, n_splits: int, max_refine: int,
                tol: float, pieces: list) -> tuple[float, float, int]:
     """Largest [c_lo, c_hi] around 0 inside [lo, hi] whose pieces verify; returns (c_lo, c_hi, n_refined).
+
+    Drives :func:`certify_1d_steps`, bounding each round's new pieces with ``bounder`` in one call."""
+    steps = certify_1d_steps(lo, hi, n_splits=n_splits, max_refine=max_refine, tol=tol, pieces=pieces)
+    try:
+        request = next(steps)
+        while True:
+            request = steps.send(bounder.class_margins(*request))
+    except StopIteration as done:
+        return done.value
+
+
+def certify_1d_steps(lo: float, hi: float, *, n_splits: int, max_refine: int, tol: float,
+                     pieces: list) -> Generator[tuple, torch.Tensor, tuple[float, float, int]]:
+    """The splitting of :func:`certify_1d` as a generator: yields ``(lo, hi, known)`` (the new pieces of a
+    round: (S, 1) float64 boxes and the (S, K-1) per-class margin lower bounds of the pieces they were cut
+    from, -inf where none), receives their (S, K-1) per-class margin lower bounds (``_Bounder.class_margins``)
+    and returns (c_lo, c_hi, n_refined). Several images' generators can be driven in lockstep, their rounds
+    bounded together.
 
     Both sides of 0 are bounded together: first ``n_splits`` pieces (shared between the sides in proportion
     to their length), then, round by round, the failing piece nearest to 0 on each side is cut
@@ -26,12 +46,14 @@ def certify_1d(bounder: _Bounder, lo: float, hi: float, *, n_splits: int, max_re
         edges[-1] = end
         # inner, outer, depth, min margin lower bound, per-class margin lower bounds (None: not bounded)
         sides[sign] = [[edges[i], edges[i + 1], 0, None, None] for i in range(n_side)]
-    _bound_pieces(bounder, [q for side in sides.values() for q in side], pieces)
+    new = [q for side in sides.values() for q in side]
     ends = {-1: 0.0 if lo == 0.0 else lo, 1: 0.0 if hi == 0.0 else hi}
     open_sides = set(sides)
     n_refined = 0
-    while open_sides:
-        new: list = []
+    while new:
+        request = _request(new)
+        _record(new, request, (yield request), pieces)
+        new = []
         for sign in sorted(open_sides):
             side = sides[sign]
             failing = [i for i, q in enumerate(side) if q[3] <= tol]
@@ -53,8 +75,6 @@ def certify_1d(bounder: _Bounder, lo: float, hi: float, *, n_splits: int, max_re
                 side[i:i + 1] = subs
                 new += subs
                 n_refined += 1
-        if new:
-            _bound_pieces(bounder, new, pieces)
     return ends[-1], ends[1], n_refined
 
 
@@ -75,12 +95,18 @@ def _cut(piece: list, max_refine: int) -> list:
     return [[a, b, depth + levels, None, known] for a, b in zip(cuts[:-1], cuts[1:])]
 
 
-def _bound_pieces(bounder: _Bounder, side: list, pieces: list) -> None:
+def _request(side: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     lo = torch.tensor([[min(p[0], p[1])] for p in side], dtype=torch.float64)
     hi = torch.tensor([[max(p[0], p[1])] for p in side], dtype=torch.float64)
-    k1 = bounder.num_classes - 1
+    if all(p[4] is None for p in side):
+        return lo, hi, None
+    k1 = next(p[4] for p in side if p[4] is not None).numel()
     known = torch.stack([torch.full((k1,), -float("inf")) if p[4] is None else p[4] for p in side])
-    per_class = bounder.class_margins(lo, hi, known)
+    return lo, hi, known
+
+
+def _record(side: list, request: tuple, per_class: torch.Tensor, pieces: list) -> None:
+    lo, hi, _ = request
     lb = per_class.min(dim=1).values
     for p, a, b, v, cls in zip(side, lo[:, 0].tolist(), hi[:, 0].tolist(), lb.tolist(), per_class):
         p[3] = float(v)
