@@ -131,7 +131,8 @@ def _batch_case(n: int = 6):
 def test_batchable_families():
     assert batchable(semantic_layers.get("brightness"), (1, 8, 8))
     assert batchable(semantic_layers.get("brightness"), (3, 8, 8))
-    for name in ("contrast", "rotation", "brightness_contrast"):
+    assert batchable(semantic_layers.get("rotation"), (1, 8, 8))
+    for name in ("contrast", "brightness_contrast"):
         assert not batchable(semantic_layers.get(name), (1, 8, 8)), name
 
 
@@ -196,3 +197,14 @@ def test_batch_bad_input(tmp_path):
     net = lirpa.bounded_module(nn.Sequential(nn.Linear(3, 2)), torch.zeros(1, 3))
     with pytest.raises(ValueError, match="constants must have per-row shapes"):
         lirpa.compute_bounds(net, x_lower=torch.zeros(1, 3), x_upper=torch.ones(1, 3), constants=(torch.zeros(1, 2),))
+
+
+def test_rotation_batch_equals_alone_and_verify_semantic():
+    """Kind "box": the batched rows are the pixel boxes of verify_semantic's splitting: the same ranges."""
+    model, xs, labels = _batch_case(3)
+    p = semantic_layers.get("rotation")
+    kw = dict(max_param=20.0, n_splits=8, max_refine=3, attack=False)
+    together = verify_semantic_batch(model, xs, labels, p, **kw)
+    direct = [verify_semantic(model, x, y, p, **kw) for x, y in zip(xs, labels)]
+    assert [c.certified for c in together] == [c.certified for c in direct]
+    assert any(c.certified != (0.0, 0.0) for c in together)

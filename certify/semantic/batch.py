@@ -1,21 +1,21 @@
 """``verify_semantic_batch``: certify several images against one semantic perturbation family together.
 
-For one-parameter kind ``"layer"`` families whose exact ReLU layer has the same structure for every image
-and differs between images only in its unit offsets (:func:`batchable`; e.g. brightness, whose layer is
-``relu(b + x) - relu(b + x - 1)`` per pixel), the network
+Every image runs the splitting of :func:`certify.semantic.splitting.certify_1d_steps`; the new sub-intervals of
+one round of ALL images are bounded together (rows grouped by the number of classes left to prove), and the
+flip search steps of all images share model calls. An image's result does not depend on the other images of
+its batch (each bound row is computed independently). One-parameter families (:func:`batchable`):
 
-    ``(theta, c) -> model(W relu(U theta + c) + bias)``
-
-is traced ONCE (per model, family and image shape) with the per-image offsets ``c`` as a second,
-unperturbed input of the bound computation (:func:`certify.lirpa.bounded_module` with ``constants``). Every
-image runs the splitting of :func:`certify.semantic.splitting.certify_1d_steps`; the new sub-intervals of
-one round of ALL images are bounded in one auto_LiRPA call (Forward+Backward: forward linear intermediate
-bounds, CROWN for the margins, as method "crown" of :func:`verify_semantic`). An image's result does not
-depend on the other images of its batch (each batch row is bounded independently).
-
-The layer is the family's unsimplified ReLU expansion (no folding of the units that are linear on a box,
-which :func:`verify_semantic` does per image), so the bounds, and hence the certified ranges, can differ
-slightly from :func:`verify_semantic`'s; both are sound.
+* kind ``"layer"`` families whose exact ReLU layer has the same structure for every image and differs
+  between images only in its unit offsets (e.g. brightness: ``relu(b + x) - relu(b + x - 1)`` per pixel): the
+  network ``(theta, c) -> model(W relu(U theta + c) + bias)`` is traced ONCE (per model, family and image
+  shape) with the per-image offsets ``c`` as a second, unperturbed input of the bound computation
+  (:func:`certify.lirpa.bounded_module` with ``constants``), bounded with Forward+Backward (forward linear
+  intermediate bounds, CROWN for the margins), as method "crown" of :func:`verify_semantic`. The layer is
+  the family's unsimplified ReLU expansion (no folding of the units that are linear on a box, which
+  :func:`verify_semantic` does per image), so bounds, and certified ranges, can differ slightly from
+  :func:`verify_semantic`'s; both are sound.
+* kind ``"box"`` families (rotation): CROWN-IBP of the model over the sound per-pixel box of each row, as
+  :func:`verify_semantic`'s method "crown".
 """
 from __future__ import annotations
 
@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 # rows per bound call are padded to a multiple of this (auto_LiRPA traces MaxPool models once per batch size)
 _ROWS = 8
 _SHARED = ("unit_w", "rows", "cols", "vals", "out_bias")
+# bound rows per call = batch_size times this
+_IMAGES_PER_CALL = 8
 
 
 def _spec(perturbation: Any, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -57,11 +59,14 @@ def _same_structure(a: dict, b: dict) -> bool:
 
 def batchable(perturbation: Any, image_shape: Sequence[int]) -> bool:
     """Whether :func:`verify_semantic_batch` can verify images of ``image_shape`` (C, H, W) under
-    ``perturbation``: one parameter, kind ``"layer"``, and a layer structure (unit weights, output weights
-    and bias) that is the same for two different probe images (only the unit offsets differ)."""
+    ``perturbation``: one parameter, and kind ``"box"`` (rotation) or kind ``"layer"`` with a layer structure
+    (unit weights, output weights and bias) that is the same for two different probe images (only the unit
+    offsets differ)."""
     check_perturbation(perturbation)
-    if perturbation.kind != "layer" or len(perturbation.param_names) != 1:
+    if len(perturbation.param_names) != 1:
         return False
+    if perturbation.kind == "box":
+        return True
     n = math.prod(image_shape)
     probes = [torch.full(tuple(image_shape), 0.25, dtype=torch.float64),
               torch.linspace(0.0, 1.0, n, dtype=torch.float64).reshape(tuple(image_shape))]
@@ -97,42 +102,63 @@ class _SharedLayerNet(nn.Module):
         return self.model(self.out(h).view(-1, *self.image_shape))
 
 
-class _BatchBounder:
+class _RowsBounder:
     """Per-class margin lower bounds of boxes of several images (rows tagged with their image)."""
 
-    def __init__(self, model: nn.Module, perturbation: Any, spec: dict, image_shape: tuple[int, ...],
-                 num_classes: int, *, margin_tol: float, rows_per_call: int):
+    def __init__(self, num_classes: int, *, margin_tol: float, rows_per_call: int):
         self.num_classes = num_classes
         self.margin_tol = margin_tol
         self.rows_per_call = rows_per_call
+        self.n_bounded = 0
+
+    def class_margins(self, lo: torch.Tensor, hi: torch.Tensor, known: torch.Tensor, labels: torch.Tensor,
+                      img_of: torch.Tensor, imgs: list, specs: list) -> torch.Tensor:
+        """(S, K-1) per-class margin lower bounds of rows ``lo[s] <= theta <= hi[s]`` of image ``imgs[img_of[s]]``
+        (label ``labels[s]``, layer spec ``specs[img_of[s]]``); as
+        :meth:`certify.semantic.bounds._Bounder.class_margins` (``known`` classes above ``margin_tol`` are not
+        bounded again). Rows are grouped by their number of classes left, so that no row of a call carries
+        (repeated) specifications it does not need."""
+        out = known.detach().float().clone()
+        need = out <= self.margin_tol
+        counts = need.sum(dim=1)
+        groups = [(counts == w).nonzero().flatten() for w in torch.unique(counts[counts > 0]).tolist()]
+        for rows in groups:
+            for s0 in range(0, rows.numel(), self.rows_per_call):
+                self._bound_rows(out, need, rows[s0:s0 + self.rows_per_call], lo, hi, labels, img_of, imgs, specs)
+        self.n_bounded += int((counts > 0).sum())
+        return out
+
+    def _bound_rows(self, out: torch.Tensor, need: torch.Tensor, r: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+                    labels: torch.Tensor, img_of: torch.Tensor, imgs: list, specs: list) -> None:
+        cols = _needed_columns(need[r])
+        C = lirpa.margin_spec(labels[r], self.num_classes).gather(
+            1, cols.unsqueeze(2).expand(-1, -1, self.num_classes))
+        lb = self._bound(lo[r], hi[r], C, img_of[r], imgs, specs)
+        sub = out[r]
+        sub.scatter_reduce_(1, cols, lb.float(), reduce="amax")
+        out[r] = sub
+
+    def _bound(self, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, img_of: torch.Tensor, imgs: list,
+               specs: list) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class _LayerBatchBounder(_RowsBounder):
+    """Kind "layer": ``(theta, c) -> model(layer)`` traced once, the rows' unit offsets as constants."""
+
+    def __init__(self, model: nn.Module, perturbation: Any, spec: dict, image_shape: tuple[int, ...],
+                 num_classes: int, *, margin_tol: float, rows_per_call: int):
+        super().__init__(num_classes, margin_tol=margin_tol, rows_per_call=rows_per_call)
         self.net = _SharedLayerNet(spec, image_shape, model).eval()
         k = len(perturbation.param_names)
         self.cnet = lirpa.bounded_module(self.net, torch.zeros(_ROWS, k),
                                          constants=(torch.zeros(_ROWS, spec["unit_c"].numel()),))
         self.method = "forward+backward"
-        self.n_bounded = 0
 
-    def class_margins(self, lo: torch.Tensor, hi: torch.Tensor, known: torch.Tensor, labels: torch.Tensor,
-                      offsets: torch.Tensor) -> torch.Tensor:
-        """(S, K-1) per-class margin lower bounds of rows ``lo[s] <= theta <= hi[s]`` of images with
-        ``labels[s]`` and unit offsets ``offsets[s]``; as :meth:`certify.semantic.bounds._Bounder.class_margins`
-        (``known`` classes above ``margin_tol`` are not bounded again)."""
-        out = known.detach().float().clone()
-        need = out <= self.margin_tol
-        rows = need.any(dim=1).nonzero().flatten()
-        for s0 in range(0, rows.numel(), self.rows_per_call):
-            r = rows[s0:s0 + self.rows_per_call]
-            cols = _needed_columns(need[r])
-            C = lirpa.margin_spec(labels[r], self.num_classes).gather(
-                1, cols.unsqueeze(2).expand(-1, -1, self.num_classes))
-            lb = self._bound(lo[r].float(), hi[r].float(), C, offsets[r].float())
-            sub = out[r]
-            sub.scatter_reduce_(1, cols, lb, reduce="amax")
-            out[r] = sub
-        self.n_bounded += int(rows.numel())
-        return out
-
-    def _bound(self, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def _bound(self, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, img_of: torch.Tensor, imgs: list,
+               specs: list) -> torch.Tensor:
+        c = torch.stack([specs[int(i)]["unit_c"] for i in img_of]).float()
+        lo, hi = lo.float(), hi.float()
         S = lo.shape[0]
         pad = (-S) % _ROWS
         if pad:
@@ -146,6 +172,28 @@ class _BatchBounder:
                             exc)
                 self.method = "crown"
         return lirpa.compute_bounds(self.cnet, method="crown", **kw).lower[:S]
+
+
+class _BoxBatchBounder(_RowsBounder):
+    """Kind "box" (rotation): CROWN-IBP of the model over the sound per-pixel box of each row, as
+    :func:`verify_semantic`'s method "crown" for these families."""
+
+    def __init__(self, model: nn.Module, perturbation: Any, image_shape: tuple[int, ...], num_classes: int, *,
+                 margin_tol: float, rows_per_call: int):
+        super().__init__(num_classes, margin_tol=margin_tol, rows_per_call=rows_per_call)
+        self.p = perturbation
+        self.mnet = lirpa.bounded_module(model, torch.zeros(1, *image_shape))
+
+    def _bound(self, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, img_of: torch.Tensor, imgs: list,
+               specs: list) -> torch.Tensor:
+        pl = torch.empty(lo.shape[0], *imgs[0].shape)
+        pu = torch.empty_like(pl)
+        for i in torch.unique(img_of).tolist():
+            rows = (img_of == i).nonzero().flatten()
+            a, b = self.p.pixel_bounds(imgs[i], lo[rows].double(), hi[rows].double())
+            pl[rows], pu[rows] = a.float(), b.float()
+        return lirpa.compute_bounds(self.mnet, x_lower=pl, x_upper=pu, method="crown-ibp", C=C,
+                                    bound_upper=False).lower
 
 
 def verify_semantic_batch(model: nn.Module, xs: Sequence[torch.Tensor] | torch.Tensor, labels: Sequence[int],
@@ -180,7 +228,7 @@ def verify_semantic_batch(model: nn.Module, xs: Sequence[torch.Tensor] | torch.T
                          "parameter and a layer whose structure does not depend on the image, e.g. brightness); "
                          "use verify_semantic")
     (lo, hi), = resolve_range(perturbation, max_param)
-    specs = [_spec(perturbation, x) for x in imgs]
+    specs = [_spec(perturbation, x) if perturbation.kind == "layer" else {} for x in imgs]
     with eval_mode(model):
         with torch.no_grad():
             logits = model(torch.stack(imgs))
@@ -190,10 +238,12 @@ def verify_semantic_batch(model: nn.Module, xs: Sequence[torch.Tensor] | torch.T
         key = (perturbation, shape, num_classes, opts["margin_tol"], opts["batch_size"])
         bounders = {} if _bounders is None else _bounders     # a caller's cache: one traced network per key
         if key not in bounders:
-            bounders[key] = _BatchBounder(model, perturbation, specs[0], shape, num_classes,
-                                          margin_tol=opts["margin_tol"], rows_per_call=8 * opts["batch_size"])
+            kw = dict(margin_tol=opts["margin_tol"], rows_per_call=opts["batch_size"] * _IMAGES_PER_CALL)
+            bounders[key] = (_LayerBatchBounder(model, perturbation, specs[0], shape, num_classes, **kw)
+                             if perturbation.kind == "layer" else
+                             _BoxBatchBounder(model, perturbation, shape, num_classes, **kw))
         bounder = bounders[key]
-        found = _certify_all(bounder, specs, labels, predicted, lo, hi, opts)
+        found = _certify_all(bounder, imgs, specs, labels, predicted, lo, hi, opts)
         t_attack = time.perf_counter()
         correct = [i for i, (y, pred) in enumerate(zip(labels, predicted)) if y == pred]
         atts: dict[int, Any] = {i: (0.0, 0.0) if attack else None for i in range(len(imgs))}
@@ -219,8 +269,8 @@ def _options(perturbation: Any, n_splits: Any, max_refine: Any, attack_grid: Any
             "margin_tol": check_float("margin_tol", margin_tol, low=0.0), "seed": check_int("seed", seed, 0)}
 
 
-def _certify_all(bounder: _BatchBounder, specs: list, labels: list, predicted: list, lo: float, hi: float,
-                 opts: dict) -> list[dict]:
+def _certify_all(bounder: _RowsBounder, imgs: list, specs: list, labels: list, predicted: list, lo: float,
+                 hi: float, opts: dict) -> list[dict]:
     """Run every correctly classified image's splitting generator in lockstep, one bound call per round."""
     found: list[dict] = [{"pieces": [], "certified": (0.0, 0.0), "n_refined": 0} for _ in specs]
     gens, requests = {}, {}
@@ -239,9 +289,7 @@ def _certify_all(bounder: _BatchBounder, specs: list, labels: list, predicted: l
         known = torch.cat([torch.full((n, k1), -float("inf")) if requests[i][2] is None else requests[i][2]
                            for i, n in zip(order, counts)])
         img_of = torch.repeat_interleave(torch.tensor(order), torch.tensor(counts))
-        offsets = torch.stack([specs[i]["unit_c"] for i in order])[
-            torch.repeat_interleave(torch.arange(len(order)), torch.tensor(counts))]
-        per_class = bounder.class_margins(lo_t, hi_t, known, torch.tensor(labels)[img_of], offsets)
+        per_class = bounder.class_margins(lo_t, hi_t, known, torch.tensor(labels)[img_of], img_of, imgs, specs)
         for i, part in zip(order, per_class.split(counts)):
             try:
                 requests[i] = gens[i].send(part)
