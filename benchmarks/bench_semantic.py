@@ -20,7 +20,9 @@ layers) and classified; any flip contradicts a certificate (must be 0).
 Throughput: ``semantic_report`` (brightness +-0.2, ``fmnist_cnn``, the test set) on ``--report-n`` images,
 giving images per minute and the extrapolated time for all 10,000 test images, once one image at a time
 (``image_batch=1``) and once with ``--image-batch`` images per bound call (same images, same process, one
-after the other: their ratio is the batching speed-up at the same load; the certified ranges must agree).
+after the other: their ratio is the batching speed-up at the same load). The batched path bounds the family's
+unsimplified layer, so a certified range can differ in its last sub-interval; the number of rows whose certified
+ranges agree is reported.
 
 The machine may be shared: the load average before and after is recorded; CPU seconds are less sensitive to
 other processes than wall seconds.
@@ -194,9 +196,9 @@ def main(argv=None) -> int:
         print(f"semantic_report throughput on {args.report_n} images", flush=True)
         report = bench_report(args.report_n)
         batched = bench_report(args.report_n, args.image_batch)
-        same = report.pop("certified") == batched.pop("certified")
+        same = sum(a == b for a, b in zip(report.pop("certified"), batched.pop("certified")))
         batched["speedup_vs_image_batch_1"] = batched["images_per_minute"] / report["images_per_minute"]
-        batched["same_certified_ranges_as_image_batch_1"] = same
+        batched["rows_with_the_same_certified_range_as_image_batch_1"] = same
     record = {
         "benchmark": "semantic", "argv": sys.argv[1:] if argv is None else list(argv), "threads": args.threads,
         "torch": torch.__version__, "python": platform.python_version(), "cpu_count": os.cpu_count(),
@@ -225,8 +227,8 @@ def main(argv=None) -> int:
               f"in {rep['wall_s']:.0f} s wall ({rep['cpu_s']:.0f} s cpu) = {rep['images_per_minute']:.1f} images/min "
               f"-> 10,000 images in {rep['extrapolated_minutes_for_10000']:.1f} min (extrapolated; goal 20 min)")
     if batched is not None:
-        print(f"batched / one image at a time: {batched['speedup_vs_image_batch_1']:.2f}x, same certified ranges: "
-              f"{batched['same_certified_ranges_as_image_batch_1']}")
+        print(f"batched / one image at a time: {batched['speedup_vs_image_batch_1']:.2f}x; same certified range in "
+              f"{batched['rows_with_the_same_certified_range_as_image_batch_1']} of {batched['n']} rows")
     print(f"wrote {out}  (load average before {load_before}, after {record['loadavg_after']})")
     return 0
 

@@ -23,7 +23,7 @@ from torch import nn
 
 import semantic_layers
 from certify import lirpa
-from certify.semantic import semantic_report, verify_semantic
+from certify.semantic import SemanticReport, semantic_report, verify_semantic
 from certify.semantic.attack import attack_1d
 from certify.semantic.batch import batchable, verify_semantic_batch
 from certify.semantic.bounds import _Bounder, _needed_columns
@@ -208,3 +208,19 @@ def test_rotation_batch_equals_alone_and_verify_semantic():
     direct = [verify_semantic(model, x, y, p, **kw) for x, y in zip(xs, labels)]
     assert [c.certified for c in together] == [c.certified for c in direct]
     assert any(c.certified != (0.0, 0.0) for c in together)
+
+
+def test_cli_image_batch(tmp_path, capsys):
+    from certify import cli
+
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as info:
+        cli.main(["-q", "semantic", "--pretrained", "fmnist_cnn", "--image-batch", "0", "--out", str(out)])
+    assert info.value.code == 2
+    assert "--image-batch" in capsys.readouterr().err
+    assert not out.exists()
+    cli.main(["-q", "semantic", "--pretrained", "fmnist_cnn", "--perturbation", "brightness", "--max-param", "0.1",
+              "--max", "3", "--n-splits", "2", "--max-refine", "1", "--attack-grid", "11", "--image-batch", "3",
+              "--out", str(out)])
+    rows = SemanticReport.from_tsv(out / "rows.tsv").rows
+    assert len(rows) == 3 and SemanticReport.from_tsv(out / "rows.tsv").settings["image_batch"] == 3
