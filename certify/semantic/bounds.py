@@ -94,12 +94,33 @@ class _Bounder:
         was cut from; -inf where none). Classes whose known bound exceeds ``margin_tol`` are not bounded
         again (the specification of a row holds only its other classes); every returned entry is the larger
         of the known and the computed bound, both sound over the row's box. Rows with nothing left to
-        prove are not bounded at all."""
+        prove are not bounded at all.
+
+        Method "crown" on pixel boxes ("box" families, baselines), without ``known``: the class with the
+        smallest margin at theta = 0 is bounded first; the other classes only for the rows it verifies (a row
+        it does not verify fails whatever the others give; their bounds stay -inf, a trivial lower bound)."""
         S, k1 = lo.shape[0], self.num_classes - 1
         out = torch.full((S, k1), -float("inf")) if known is None else known.detach().float().clone()
         if tuple(out.shape) != (S, k1):
             raise ValueError(f"known must have shape {(S, k1)}; got {tuple(out.shape)}")
         need = out <= self.margin_tol
+        if known is None and self.method == "crown" and (self.baseline is not None or self.p.kind != "layer"):
+            probe = torch.zeros_like(need)
+            probe[:, self._hardest_class()] = True
+            self._bound_needed(out, probe, lo, hi)
+            need &= ~probe & (out > self.margin_tol).any(dim=1, keepdim=True)
+        self._bound_needed(out, need, lo, hi)
+        return out
+
+    def _hardest_class(self) -> int:
+        """Column (other-class index) of the smallest margin of the clean image."""
+        with torch.no_grad():
+            z = self.model(self.x.unsqueeze(0))[0]
+        others = lirpa.other_classes(torch.tensor([self.label]), self.num_classes)[0]
+        return int(torch.argmin(z[self.label] - z[others]))
+
+    def _bound_needed(self, out: torch.Tensor, need: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        """Raise ``out`` (S, K-1) in place to the bounds of the ``need``-ed classes of each row that has any."""
         rows = need.any(dim=1).nonzero().flatten()
         full = lirpa.margin_spec(self.label, self.num_classes)[0]          # (K-1, K)
         for s0 in range(0, rows.numel(), self.batch_size):
@@ -110,7 +131,6 @@ class _Bounder:
             sub.scatter_reduce_(1, cols, lb.float(), reduce="amax")
             out[r] = sub
         self.n_bounded += int(rows.numel())
-        return out
 
     def _margins_chunk(self, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
         """(S, w) lower bounds of ``C[s] @ logits`` over each box (C: (S, w, K) margin rows)."""
