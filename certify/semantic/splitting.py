@@ -32,9 +32,10 @@ def certify_1d_steps(lo: float, hi: float, *, n_splits: int, max_refine: int, to
     bounded together.
 
     Both sides of 0 are bounded together: first ``n_splits`` pieces (shared between the sides in proportion
-    to their length), then, round by round, the failing piece nearest to 0 on each side is cut
-    into 4 (two bisection levels; one when only one is left) and the new pieces of both sides are bounded in
-    one call, until every side is verified to its end or its first failing piece is ``max_refine`` levels
+    to their length), then, round by round, the (up to two) failing pieces nearest to 0 on each side are cut
+    into 4 each (two bisection levels; one when only one is left) and the new pieces of both sides are bounded
+    in one call (a piece's bounds do not depend on the other pieces, so the result is that of cutting one
+    piece at a time, up to float rounding), until every side is verified to its end or its first failing piece is ``max_refine`` levels
     deep."""
     total = hi - lo
     sides: dict[int, list] = {}
@@ -78,8 +79,9 @@ def certify_1d_steps(lo: float, hi: float, *, n_splits: int, max_refine: int, to
     return ends[-1], ends[1], n_refined
 
 
-# failing pieces of one side cut per round, nearest to 0 first (more per round costs more rows than it saves calls)
-_REFINE_AHEAD = 1
+# failing pieces of one side cut per round, nearest to 0 first (more per round saves calls but bounds pieces
+# beyond the first one that fails at full depth; with per-class bounds inherited from the cut piece, 2 is cheapest)
+_REFINE_AHEAD = 2
 # bisection levels per cut
 _LEVELS = 2
 
