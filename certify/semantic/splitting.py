@@ -35,8 +35,8 @@ def certify_1d_steps(lo: float, hi: float, *, n_splits: int, max_refine: int, to
     to their length), then, round by round, the (up to two) failing pieces nearest to 0 on each side are cut
     into 4 each (two bisection levels; one when only one is left) and the new pieces of both sides are bounded
     in one call (a piece's bounds do not depend on the other pieces, so the result is that of cutting one
-    piece at a time, up to float rounding), until every side is verified to its end or its first failing piece is ``max_refine`` levels
-    deep."""
+    piece at a time, up to float rounding), until every side is verified to its end or its first failing
+    piece is ``max_refine`` levels deep."""
     total = hi - lo
     sides: dict[int, list] = {}
     for sign, end in ((-1, lo), (1, hi)):
