@@ -120,17 +120,24 @@ class _Bounder:
         return int(torch.argmin(z[self.label] - z[others]))
 
     def _bound_needed(self, out: torch.Tensor, need: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> None:
-        """Raise ``out`` (S, K-1) in place to the bounds of the ``need``-ed classes of each row that has any."""
-        rows = need.any(dim=1).nonzero().flatten()
+        """Raise ``out`` (S, K-1) in place to the bounds of the ``need``-ed classes of each row that has any.
+        Pixel-box rows are grouped by their number of needed classes (no padded specifications); the composed
+        network's rows stay in one call (its cost is dominated by the call, not by the specifications)."""
+        counts = need.sum(dim=1)
         full = lirpa.margin_spec(self.label, self.num_classes)[0]          # (K-1, K)
-        for s0 in range(0, rows.numel(), self.batch_size):
-            r = rows[s0:s0 + self.batch_size]
-            cols = _needed_columns(need[r])                                  # (R, w), padded by repetition
-            lb = self._margins_chunk(lo[r], hi[r], full[cols])               # (R, w)
-            sub = out[r]
-            sub.scatter_reduce_(1, cols, lb.float(), reduce="amax")
-            out[r] = sub
-        self.n_bounded += int(rows.numel())
+        if self.baseline is None and self.p.kind == "layer":
+            groups = [(counts > 0).nonzero().flatten()]
+        else:
+            groups = [(counts == w).nonzero().flatten() for w in torch.unique(counts[counts > 0]).tolist()]
+        for rows in groups:
+            for s0 in range(0, rows.numel(), self.batch_size):
+                r = rows[s0:s0 + self.batch_size]
+                cols = _needed_columns(need[r])                              # (R, w), padded by repetition
+                lb = self._margins_chunk(lo[r], hi[r], full[cols])           # (R, w)
+                sub = out[r]
+                sub.scatter_reduce_(1, cols, lb.float(), reduce="amax")
+                out[r] = sub
+        self.n_bounded += int((counts > 0).sum())
 
     def _margins_chunk(self, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
         """(S, w) lower bounds of ``C[s] @ logits`` over each box (C: (S, w, K) margin rows)."""
