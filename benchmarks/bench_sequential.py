@@ -36,10 +36,23 @@ import torch
 from scipy import special
 
 
-def _certify_all(args, smooth, data, indices) -> list[dict]:
+def _certify_all(args, smooth, data, indices, cache: Path) -> list[dict]:
+    """Certify every image in every mode; rows are appended to ``cache`` (JSON lines) so an interrupted run resumes."""
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "threads")}
+    done: dict[int, dict] = {}
+    if cache.exists():
+        lines = cache.read_text().splitlines()
+        if lines and json.loads(lines[0]) == settings:
+            done = {r["idx"]: r for r in map(json.loads, lines[1:]) if r}
+    if not done:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(settings) + "\n")
     rows = []
     t_start = time.perf_counter()
     for j, idx in enumerate(indices):
+        if int(idx) in done:
+            rows.append(done[int(idx)])
+            continue
         x, label = data[idx]
         row: dict = {"idx": int(idx), "label": int(label)}
         common = dict(n_select=args.n_select, n_estimate=args.n_fixed, alpha=args.alpha,
@@ -56,6 +69,8 @@ def _certify_all(args, smooth, data, indices) -> list[dict]:
             c = smooth.certify(x, sequential=True, radius_tol=tol, **common)
             row[f"radius_tol_{tol:g}"] = _summ(c, label, time.perf_counter() - t0)
         rows.append(row)
+        with cache.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
         if (j + 1) % 10 == 0 or j + 1 == len(indices):
             print(f"  {j + 1}/{len(indices)} images, {time.perf_counter() - t_start:.0f} s", file=sys.stderr)
     return rows
@@ -107,6 +122,38 @@ def _radius_stats(rows, key: str, args) -> dict:
     return {"acr": acr(key), "acr_fixed": acr("fixed"), "acr_ratio": acr(key) / max(acr("fixed"), 1e-12),
             "samples": _usage(used, args.n_fixed), "stop_reasons": _count([x[key]["stop_reason"] for x in rows]),
             "time_ratio_vs_fixed": float(sum(x[key]["time_s"] for x in rows) / sum(x["fixed"]["time_s"] for x in rows))}
+
+
+def _radius_oracle(rows, args, acr_goal: float = 0.98) -> dict:
+    """Fewest samples ANY valid procedure needs to reach ``acr_goal`` x the fixed-N ACR on these images.
+
+    On an image whose n estimation samples all vote for the top class, no valid (1 - alpha) lower confidence bound
+    can exceed alpha ** (1 / n): at any p_A below that value the all-top outcome has probability p_A ** n > alpha.
+    Its certified radius is therefore at most sigma * Phi^-1(alpha ** (1 / n)), which grows with n. Even an oracle
+    that spends no samples at all on the other images (and gives them their fixed-N radius) must spend enough on the
+    images whose fixed-N samples were all top-class to lose at most (1 - acr_goal) x the fixed-N ACR; the radius
+    loss is convex in n, so spending the same n on each of them is optimal. Returns that n and the mean samples per
+    image it implies, as a fraction of N.
+    """
+    from scipy import optimize
+
+    def radius(n: float) -> float:
+        return float(args.sigma * special.ndtri(np.exp(np.log(args.alpha) / n)))
+
+    fixed = [x["fixed"] for x in rows]
+    acr = float(np.mean([f["radius"] if f["correct"] else 0.0 for f in fixed]))
+    all_top = [f for f in fixed if f["correct"] and f["k"] == args.n_fixed]
+    budget = (1.0 - acr_goal) * acr * len(rows)
+    if not all_top:
+        n_each = 0.0
+    elif len(all_top) * (radius(args.n_fixed) - radius(1.0)) <= budget:
+        n_each = 1.0
+    else:
+        n_each = float(optimize.brentq(lambda n: len(all_top) * (radius(args.n_fixed) - radius(n)) - budget,
+                                       1.0, float(args.n_fixed)))
+    return {"acr_goal": acr_goal, "images_all_top": len(all_top), "images": len(rows),
+            "n_per_all_top_image": n_each,
+            "min_mean_samples_over_fixed": len(all_top) * n_each / len(rows) / args.n_fixed}
 
 
 def _count(values) -> dict:
@@ -167,7 +214,7 @@ def main(argv=None) -> int:
     smooth = Smooth(model, num_classes=10, sigma=args.sigma)
     load_start = os.getloadavg()
     t0 = time.perf_counter()
-    rows = _certify_all(args, smooth, data, indices)
+    rows = _certify_all(args, smooth, data, indices, Path(args.out).with_suffix(".rows.jsonl"))
     wall = time.perf_counter() - t0
     decision = {f"{r:g}": _decision_stats(rows, f"decision_{r:g}", r, args) for r in args.radii}
     radius = {f"{t:g}": _radius_stats(rows, f"radius_tol_{t:g}", args) for t in args.radius_tols}
@@ -186,6 +233,7 @@ def main(argv=None) -> int:
         "n_images": len(indices),
         "decision": decision,
         "radius": radius,
+        "radius_oracle": _radius_oracle(rows, args),
         "rows": rows,
     }
     out = Path(args.out)
@@ -207,6 +255,10 @@ def main(argv=None) -> int:
         print(f"{'radius tol=' + t:<22}{s['mean']:>10,.0f}{s['median']:>10,.0f}{s['max']:>9,}"
               f"{s['mean_over_fixed']:>9.4f}"
               f"  ACR {d['acr']:.4f} vs fixed {d['acr_fixed']:.4f} (ratio {d['acr_ratio']:.3f})")
+    o = result["radius_oracle"]
+    print(f"radius-mode lower bound: {o['images_all_top']} of {o['images']} images have all fixed-N samples on the top "
+          f"class; any valid procedure reaching ACR >= {o['acr_goal']} x fixed needs >= "
+          f"{o['min_mean_samples_over_fixed']:.3f} x N samples on average")
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0
 

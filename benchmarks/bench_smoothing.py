@@ -7,11 +7,11 @@ meaningful within one run: the CPU may be shared, so the load average is recorde
    same model on the same number of noisy inputs (pre-generated, so only the forward pass + argmax is
    timed), at batch sizes 256..2000, interleaved, best of ``--repeats``. Also reported: forward + noise
    generation (the least any sampler must do). Ratios from wall time and from process CPU time (all
-   threads; much less disturbed by other processes on a shared machine). Target: certify / forward >= 0.9.
+   threads; much less disturbed by other processes on a shared machine). Target: certify / forward >= 0.95.
 2. memory: peak RSS growth and tracemalloc peak of one first-order ``certify`` at n_estimate 10,000 vs
    100,000 (each in a fresh subprocess). Target: does not grow with n.
 3. first-order overhead: certify time with ``first_order=True`` / ``False`` at the same n_estimate
-   (interleaved repeats, median). Target <= 1.15.
+   (interleaved repeats, median of the per-pair ratios of wall time and of process CPU time). Target <= 1.10.
 4. radius gains: on 100 Fashion-MNIST test images (every 100th) at sigma 0.25 and 0.5 (checkpoints
    fmnist_cnn_sigma0.25 / fmnist_cnn_sigma0.50), the mean ratio of each first-order radius to the radius a
    plain zeroth-order certificate (same n, same alpha, same seed) implies for that norm
@@ -167,20 +167,23 @@ def bench_first_order_time(args, model, images) -> dict:
     from certify.smoothing import Smooth
 
     smooth = Smooth(model, num_classes=10, sigma=0.25)
-    ratios, t0s, t1s = [], [], []
+    ratios, t0s, t1s, cpu_ratios = [], [], [], []
     kw = dict(n_select=100, n_estimate=args.n_overhead, alpha=0.001, batch_size=1000)
     smooth.certify(images[0], **kw, seed=0, first_order=True)  # warm-up
     for rep in range(args.overhead_repeats):
         for i, x in enumerate(images):
             order = (False, True) if (rep + i) % 2 == 0 else (True, False)
-            times = {}
+            times, cpu = {}, {}
             for fo in order:
-                t = time.perf_counter()
+                c, t = time.process_time(), time.perf_counter()
                 smooth.certify(x, **kw, seed=rep, first_order=fo)
                 times[fo] = time.perf_counter() - t
+                cpu[fo] = time.process_time() - c
             t0s.append(times[False])
             t1s.append(times[True])
             ratios.append(times[True] / times[False])
+            # process CPU time (all threads): far less disturbed by other processes on a shared machine
+            cpu_ratios.append(cpu[True] / cpu[False])
     # the part of the extra time that does not grow with n (gradient bounds + radius solvers), from
     # certificates at n_estimate = one batch
     small = dict(kw, n_estimate=kw["batch_size"])
@@ -194,10 +197,12 @@ def bench_first_order_time(args, model, images) -> dict:
         smooth.certify(x, **small, seed=rep, first_order=True)
         fixed.append(time.perf_counter() - t - t0)
     res = {"n_estimate": args.n_overhead, "pairs": len(ratios), "median_ratio": statistics.median(ratios),
+           "median_ratio_cpu": statistics.median(cpu_ratios),
            "ratio_of_total_time": sum(t1s) / sum(t0s), "zeroth_s_median": statistics.median(t0s),
            "first_s_median": statistics.median(t1s), "fixed_extra_s_median": statistics.median(fixed)}
     print(f"  first/zeroth certify time at n_estimate {args.n_overhead}: median ratio {res['median_ratio']:.3f}, "
-          f"total-time ratio {res['ratio_of_total_time']:.3f} ({len(ratios)} interleaved pairs); extra time that "
+          f"total-time ratio {res['ratio_of_total_time']:.3f}, CPU-time median ratio {res['median_ratio_cpu']:.3f} "
+          f"({len(ratios)} interleaved pairs); extra time that "
           f"does not grow with n: {res['fixed_extra_s_median']:.3f} s per certificate", flush=True)
     return res
 
@@ -302,7 +307,7 @@ def main(argv=None) -> int:
         print(f"| certify / forward samples/s, batch {row['batch_size']} | wall {row['ratio_vs_forward']:.3f}, "
               f"CPU time {row['ratio_vs_forward_cpu']:.3f} (vs forward+noise: wall "
               f"{row['ratio_vs_forward_plus_noise']:.3f}, CPU {row['ratio_vs_forward_plus_noise_cpu']:.3f}; "
-              f"{row['certify_samples_per_s']:.0f}/s) | >= 0.9 |")
+              f"{row['certify_samples_per_s']:.0f}/s) | >= 0.95 |")
     if "memory" in result:
         m10, m100 = result["memory"]
         print(f"| peak RSS growth n=10k / n=100k (MB) | {m10['rss_growth_mb']:.1f} / {m100['rss_growth_mb']:.1f} "
@@ -311,8 +316,9 @@ def main(argv=None) -> int:
               f"{m100['tracemalloc_peak_mb']:.2f} | no growth with n |")
     if "first_order_overhead" in result:
         o = result["first_order_overhead"]
-        print(f"| first / zeroth certify time (n={o['n_estimate']}) | {o['median_ratio']:.3f} (fixed extra "
-              f"{o['fixed_extra_s_median']:.3f} s; zeroth {o['zeroth_s_median']:.3f} s) | <= 1.15 |")
+        print(f"| first / zeroth certify time (n={o['n_estimate']}) | {o['median_ratio']:.3f}, CPU time "
+              f"{o['median_ratio_cpu']:.3f} (fixed extra "
+              f"{o['fixed_extra_s_median']:.3f} s; zeroth {o['zeroth_s_median']:.3f} s) | <= 1.10 |")
     for row in result.get("radius_ratios", []):
         print(f"| mean first/zeroth radius, sigma {row['sigma']} (n={row['n_estimate']}, {row['certified_by_both']} "
               f"imgs) | " + ", ".join(f"{n} {row[f'{n}_mean_ratio']:.3f}" for n in NORMS)

@@ -4,7 +4,9 @@ Every public entry point that takes ``device=`` (:class:`certify.smoothing.Smoot
 :func:`certify.synbench.evaluate`, :func:`certify.training.train`, the attacks) resolves it here, and every
 command gets the same ``--device`` flag from :func:`add_device_argument`. The CUDA path differs from the CPU
 path only by the device: the same code, with tensors and random generators on the chosen device. Adding the
-flag does not import torch.
+flag does not import torch. (:func:`certify.semantic.verify_semantic`, :func:`certify.semantic.semantic_report`,
+:func:`certify.transfer.transfer_bounds` and :func:`certify.study.run_study` take ``device=`` too.)
+``certify report`` has no ``--device``: it only reads result files and runs no model.
 
 >>> resolve_device("cpu")
 device(type='cpu')
@@ -19,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # torch is imported when a device is resolved, so adding the flag to a parser stays cheap
     import torch
 
-__all__ = ["DEVICE_CHOICES", "resolve_device", "add_device_argument", "device_from_args", "cuda_available"]
+__all__ = ["DEVICE_CHOICES", "resolve_device", "module_device", "add_device_argument", "device_from_args",
+           "cuda_available"]
 
 #: accepted device names at the boundary (also ``cuda:N`` for one GPU of several)
 DEVICE_CHOICES = ("cpu", "cuda", "auto")
@@ -69,6 +72,18 @@ def resolve_device(device: Any) -> torch.device | None:
     elif dev.type != "cpu":
         raise ValueError(f"device must be one of {', '.join(DEVICE_CHOICES)} (or cuda:N), got {device!r}")
     return dev
+
+
+def module_device(model: Any) -> torch.device:
+    """The device of a module's first parameter (else first buffer); the CPU for modules without either."""
+    import torch
+
+    if isinstance(model, torch.nn.Module):
+        for param in model.parameters():
+            return param.device
+        for buf in model.buffers():
+            return buf.device
+    return torch.device("cpu")
 
 
 def _device_text(text: str) -> str:

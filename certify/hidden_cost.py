@@ -225,8 +225,8 @@ def _check_sweep(models, x, y, num_classes, sigmas, seed) -> tuple[dict[str, nn.
 
 def sigma_sweep(models: nn.Module | Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor, *,
                 num_classes: int, sigmas: Sequence[float] = DEFAULT_SIGMAS, n: int = 1000, alpha: float = 0.001,
-                batch_size: int = 1000, seed: int = 0,
-                input_range: tuple[float, float] | None = (0.0, 1.0)) -> SigmaSweep:
+                batch_size: int = 1000, seed: int = 0, input_range: tuple[float, float] | None = (0.0, 1.0),
+                device: str | torch.device | None = None) -> SigmaSweep:
     """Accuracy and disparity per class of smoothed versions of ``models`` at every sigma in ``sigmas``.
 
     Args:
@@ -238,33 +238,40 @@ def sigma_sweep(models: nn.Module | Mapping[str, nn.Module], x: torch.Tensor, y:
             for inputs that are not images such as the slab oracle's points).
         seed: example ``i`` uses the noise seed ``certify.runs.example_seed(seed, i)`` at every sigma and for
             every model (common random numbers: differences between sigmas and models are not sampling noise
-            of different streams), independent of the other examples. As for every smoothing run, the noise
-            stream of a prediction depends on ``batch_size`` (same seed and batch size: same result).
+            of different streams), independent of the other examples. On CPU the noise (hence every
+            prediction) does not depend on ``batch_size`` (:mod:`estimators.sampling`).
+        device: where the models run and the noise is drawn (``"cpu"``, ``"cuda"``, ``"auto"``, a ``torch.device``;
+            :func:`certify.devices.resolve_device`); the models are moved there. None: each model's own device.
 
     Returns:
         :class:`SigmaSweep`. Each smoothed prediction that does not abstain equals ``g(x)`` except with
         probability at most ``alpha`` (Cohen et al.'s PREDICT); the per-class accuracies are empirical
         over the given examples.
     """
+    from certify.devices import module_device, resolve_device
     from certify.runs import example_seed
     from certify.smoothing import Smooth
 
+    dev = resolve_device(device)
     named, sig = _check_sweep(models, x, y, num_classes, sigmas, seed)
     t0 = time.perf_counter()
-    yn = y.numpy().astype(np.int64)
+    yn = y.cpu().numpy().astype(np.int64)
     classes = tuple(range(num_classes))
     out: dict[str, list] = {k: [] for k in ("accuracy", "overall", "abstain", "disparity", "changed", "vanished")}
     for name, model in named.items():
         model.eval()
+        if dev is not None:
+            model.to(dev)
+        on = module_device(model)
         with torch.no_grad():
-            base = torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, x.shape[0], batch_size)])
-        base_np = base.numpy().astype(np.int64)
+            base = torch.cat([model(x[i:i + batch_size].to(on)).argmax(1) for i in range(0, x.shape[0], batch_size)])
+        base_np = base.cpu().numpy().astype(np.int64)
         rows = {k: [] for k in out}
         for s in sig:
             if s == 0.0:
                 pred, abst = base_np.copy(), np.zeros(len(yn), dtype=bool)
             else:
-                smooth = Smooth(model, num_classes=num_classes, sigma=s, input_range=input_range)
+                smooth = Smooth(model, num_classes=num_classes, sigma=s, input_range=input_range, device=dev)
                 preds = [smooth.predict(x[i], n=n, alpha=alpha, batch_size=batch_size, seed=example_seed(seed, i))
                          for i in range(x.shape[0])]
                 pred = np.array([p.label for p in preds], dtype=np.int64)

@@ -334,7 +334,8 @@ class BoundedNet:
     """
 
     def __init__(self, module: Any, input_shape: tuple[int, ...], output_dim: int, conv_mode: str,
-                 model: nn.Module, batch_size: int, constant_shapes: tuple[tuple[int, ...], ...] = ()):
+                 model: nn.Module, batch_size: int, device: torch.device | None = None,
+                 constant_shapes: tuple[tuple[int, ...], ...] = ()):
         self.module = module
         self.constant_shapes = constant_shapes
         self.input_shape = input_shape
@@ -342,6 +343,7 @@ class BoundedNet:
         self.conv_mode = conv_mode
         self._model = model
         self._batch_size = batch_size
+        self.device = device
         self._has_maxpool = any(type(n).__name__ == "BoundMaxPool" for n in module._modules.values())
         self._frozen_batch = _frozen_batch_reshape(module, batch_size)
         self._per_batch: dict[int, Any] = {batch_size: module}
@@ -356,8 +358,8 @@ class BoundedNet:
         if not per_batch or batch_size == self._batch_size:
             return self.module
         if batch_size not in self._per_batch:
-            example = torch.zeros((batch_size, *self.input_shape))
-            consts = tuple(torch.zeros((batch_size, *shape)) for shape in self.constant_shapes)
+            example = torch.zeros((batch_size, *self.input_shape), device=self.device)
+            consts = tuple(torch.zeros((batch_size, *shape), device=self.device) for shape in self.constant_shapes)
             self._per_batch[batch_size] = _build(self._model, example, self.conv_mode, consts)[0]
             logger.debug("%s with MaxPool: traced a wrapper for batch size %d", method, batch_size)
         return self._per_batch[batch_size]
@@ -423,6 +425,8 @@ def bounded_module(model: nn.Module, example_input: torch.Tensor, *,
     ``x.view(x.shape[0], ...)``) are frozen at the example's batch size by the tracer; write
     ``view(-1, ...)`` to bound other batch sizes.
 
+    The wrapper lives on ``example_input``'s device (the model must be there too); bound boxes on that device.
+
     ``conv_mode``: "patches" (auto_LiRPA's fast convolution mode), "matrix" (dense; always
     applicable) or "auto" (default): "patches" unless the graph reshapes a non-Linear flat tensor
     into an image (e.g. ``relu(linear(theta)).view(-1, C, H, W)`` followed by a convolution),
@@ -453,7 +457,7 @@ def bounded_module(model: nn.Module, example_input: torch.Tensor, *,
     if out.dim() != 2:
         raise ValueError(f"model output must have shape (B, num_outputs); got {tuple(out.shape)}")
     return BoundedNet(module, tuple(example.shape[1:]), int(out.shape[1]), mode, net,
-                      int(example.shape[0]), tuple(tuple(c.shape[1:]) for c in consts))
+                      int(example.shape[0]), example.device, tuple(tuple(c.shape[1:]) for c in consts))
 
 
 def _check_constants_arg(constants: Any, batch: int) -> tuple[torch.Tensor, ...]:
@@ -864,7 +868,7 @@ def margin_spec(labels: torch.Tensor | int | list[int], num_classes: int) -> tor
     """Margin specification: ``C[b, i] = e_{label_b} - e_{j_i}`` for the K-1 classes ``j != label_b``.
 
     ``C @ logits`` are the margins label-vs-other; all > 0 means the label is the unique argmax.
-    Returns a float32 tensor of shape (B, K-1, K).
+    Returns a float32 tensor of shape (B, K-1, K) on the device of ``labels`` (a tensor; else the CPU).
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an int >= 2; got {num_classes!r}")
@@ -877,15 +881,15 @@ def margin_spec(labels: torch.Tensor | int | list[int], num_classes: int) -> tor
     if ((labels_t < 0) | (labels_t >= num_classes)).any():
         raise ValueError(f"labels must be in [0, {num_classes - 1}]; got {labels_t.tolist()}")
     B = labels_t.shape[0]
-    eye = torch.eye(num_classes)
+    eye = torch.eye(num_classes, device=labels_t.device)
     C = eye[labels_t].unsqueeze(1) - eye.unsqueeze(0)            # (B, K, K): row j = e_label - e_j
-    keep = torch.arange(num_classes).unsqueeze(0) != labels_t.unsqueeze(1)   # (B, K)
+    keep = torch.arange(num_classes, device=labels_t.device).unsqueeze(0) != labels_t.unsqueeze(1)   # (B, K)
     return C[keep].reshape(B, num_classes - 1, num_classes)
 
 
 def other_classes(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Class index of each margin-spec row: (B, K-1) long tensor, the j of ``e_label - e_j``."""
     labels_t = torch.as_tensor(labels).reshape(-1).long()
-    idx = torch.arange(num_classes).unsqueeze(0).expand(labels_t.shape[0], -1)
+    idx = torch.arange(num_classes, device=labels_t.device).unsqueeze(0).expand(labels_t.shape[0], -1)
     keep = idx != labels_t.unsqueeze(1)
     return idx[keep].reshape(labels_t.shape[0], num_classes - 1)

@@ -123,7 +123,7 @@ class SmoothingCertificate:
         ``abstained`` is False.
       abstained: True when p_lower <= 1/2 (nothing can be certified).
       p_lower: one-sided Clopper-Pearson lower bound on pA at level ``alpha_split["p_lower"]`` (sequential: at
-        level alpha / J at the check where sampling stopped; fails with probability <= alpha over all J checks).
+        the level alpha_j of the check where sampling stopped; fails with probability <= alpha over all J checks).
       radius: zeroth-order l2 radius sigma * Phi^-1(p_lower) (Cohen); 0.0 when abstained. In a first-order
         certificate p_lower uses only part of alpha (``alpha_split["p_lower"]`` = alpha / 2), so this radius is
         somewhat smaller than a plain zeroth-order certificate at the same alpha; ``radii["l2"] >= radius``.
@@ -235,6 +235,8 @@ def _model_device_dtype(model) -> tuple[torch.device, torch.dtype]:
 
 #: the input range Smooth accepts by default: pixels in [0, 1], so sigma and radii are in pixel units
 PIXEL_RANGE = (0.0, 1.0)
+#: share of alpha a sequential certificate keeps for its last check (the cap n_estimate); see ``certify``
+SEQUENTIAL_FINAL_SHARE = 0.5
 
 
 def _check_input_range(input_range) -> tuple[float, float] | None:
@@ -419,8 +421,10 @@ class Smooth:
         are drawn in segments ending at the fixed counts ``estimators.sequential.check_schedule(n_estimate)``
         (a geometric grid from 100; segment j has its own seed ``derive_seeds(estimate_seed, J)[j]`` and is
         drawn in batches of ``batch_size``); the check counts never depend on ``batch_size``. After each segment
-        p_lower / p_upper are Clopper-Pearson bounds at level alpha / J (J = number of checks: a union bound,
-        :func:`estimators.sequential.scheduled_clopper_pearson`), so P(p_lower > pA at some check) <= alpha and
+        p_lower / p_upper are Clopper-Pearson bounds at the check's level alpha_j: alpha / (2 J) at the J - 1 earlier
+        checks and alpha / 2 + alpha / (2 J) at the last one (``SEQUENTIAL_FINAL_SHARE`` = 1/2 of alpha kept for a run
+        that reaches n_estimate, :func:`estimators.sequential.check_levels`); sum_j alpha_j = alpha (a union
+        bound, :func:`estimators.sequential.scheduled_clopper_pearson`), so P(p_lower > pA at some check) <= alpha and
         the certificate above keeps its 1 - alpha guarantee wherever sampling stops. Stop rules
         (:func:`estimators.sequential.stop_decision`): with ``target_radius`` r (input units, >= 0) stop once
         radius >= r ("certified") or r is out of reach ("unreachable": p_upper < Phi(r / sigma);
@@ -508,7 +512,8 @@ class Smooth:
 
     def _estimate_sequential(self, xt: torch.Tensor, label: int, v: dict[str, Any], seed: int) -> dict[str, Any]:
         """Draw estimation samples segment by segment along ``check_schedule(n_estimate)`` until a stop rule
-        fires; returns counts, n_used, p_lower (Clopper-Pearson at alpha / J) and stop_reason."""
+        fires; returns counts, n_used, p_lower (Clopper-Pearson at the check's level of
+        ``check_levels(alpha, J, final_share=SEQUENTIAL_FINAL_SHARE)``) and stop_reason."""
         n_max = v["n_estimate"]
         schedule = check_schedule(n_max)
         n_checks = len(schedule)
@@ -517,13 +522,14 @@ class Smooth:
         done = 0
         reason = "exhausted"
         lower = 0.0
+        levels = {"alpha": v["alpha"], "n_checks": n_checks, "final_share": SEQUENTIAL_FINAL_SHARE}
         for j, n_j in enumerate(schedule.tolist()):
             stats = self._sample(xt, n=n_j - done, batch_size=v["batch_size"], seed=seeds[j])
             counts += stats.counts
             done = n_j
             k = int(counts[label])
-            lower, upper = scheduled_clopper_pearson(k, n_j, v["alpha"], n_checks=n_checks)
-            best_lower, _ = scheduled_clopper_pearson(k + n_max - n_j, n_max, v["alpha"], n_checks=n_checks)
+            lower, upper = scheduled_clopper_pearson(k, n_j, **levels, final=j == n_checks - 1)
+            best_lower, _ = scheduled_clopper_pearson(k + n_max - n_j, n_max, **levels, final=True)
             stop = stop_decision(lower=lower, upper=upper, best_lower=best_lower, sigma=self.sigma,
                                  target_radius=v.get("target_radius"), radius_tol=v["radius_tol"])
             if stop is not None:

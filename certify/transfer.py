@@ -35,6 +35,10 @@ the same box, which contains the l2 ball of radius eps (sound, loose by up to ``
 :mod:`certify.lirpa` bounds boxes). With ``clip=True`` (default) the box is intersected with the
 image domain [0, 1], the threat model of :mod:`certify.attacks`.
 
+Devices: ``device=`` (``"cpu"``, ``"cuda"``, ``"auto"`` or a ``torch.device``, :func:`certify.devices.resolve_device`)
+moves the encoder, the head and the inputs there and bounds there; None keeps the encoder's device. Results are
+Python numbers whatever the device.
+
 Example::
 
     >>> from certify import models, transfer
@@ -59,6 +63,7 @@ from torch import nn
 
 from certify._checks import check_bool, check_choice, check_float, check_int
 from certify._modes import eval_mode
+from certify.devices import module_device, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +103,7 @@ def split_model(model: nn.Module) -> tuple[nn.Sequential, nn.Linear]:
 def _head_params(head) -> tuple[torch.Tensor, torch.Tensor]:
     if isinstance(head, nn.Linear):
         w = head.weight.detach()
-        b = head.bias.detach() if head.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype)
+        b = head.bias.detach() if head.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
     elif isinstance(head, (tuple, list)) and len(head) == 2:
         w, b = (torch.as_tensor(t).detach() for t in head)
     else:
@@ -140,19 +145,27 @@ def _check_y(y, n: int, num_classes: int) -> torch.Tensor:
 # the representation's box
 # ----------------------------------------------------------------------------------------------
 def feature_box(encoder: nn.Module, x: torch.Tensor, *, eps: float, norm: str = "linf", method: str = "crown",
-                clip: bool = True, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                clip: bool = True, batch_size: int = 64,
+                device: str | torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(h, lower, upper)``: features ``g(x)`` and sound bounds ``lower <= g(x') <= upper`` (N, F) over the ball.
 
     The ball is the l-inf box of radius ``eps`` (for ``norm="l2"`` too, which it contains), intersected
     with [0, 1] if ``clip``. Bounds come from :func:`certify.lirpa.compute_bounds` (float32); ``h`` is
-    computed in float64 and ``lower``/``upper`` are widened to contain it.
+    computed in float64 and ``lower``/``upper`` are widened to contain it. ``device``: where the encoder (moved
+    there) and the inputs are bounded (None: the encoder's device); the three tensors are on that device.
     """
     from certify import lirpa
 
+    dev = resolve_device(device)
     if not isinstance(encoder, nn.Module):
         raise TypeError(f"encoder must be a torch.nn.Module, got {type(encoder).__name__}")
     x = _check_x(x)
     eps = _check_ball(eps, norm, method, clip, batch_size)
+    if dev is None:
+        dev = module_device(encoder)
+    else:
+        encoder.to(dev)
+    x = x.to(dev)
     with eval_mode(encoder):
         with torch.no_grad():
             h = torch.cat([encoder(x[i:i + batch_size]).flatten(1).double() for i in range(0, x.shape[0],
@@ -260,12 +273,12 @@ def _criteria(w, b, h, lower, upper, y) -> dict[str, torch.Tensor]:
     """All per-example certificates and loss bounds from the features and their box (float64)."""
     n, k = h.shape[0], w.shape[0]
     z = h @ w.T + b                                              # (n, K) clean logits
-    idx = torch.arange(n)
+    idx = torch.arange(n, device=h.device)
     diff_w = w[y][:, None, :] - w[None, :, :]                    # (n, K, F): w_y - w_j
     margins = z[idx, y][:, None] - z                             # (n, K): m_j(x), 0 at j = y
     dev = torch.maximum(upper - h, h - lower)                    # per-coordinate worst deviation
     delta = dev.norm(dim=1)                                      # (n,)
-    other = torch.ones(n, k, dtype=torch.bool)
+    other = torch.ones(n, k, dtype=torch.bool, device=h.device)
     other[idx, y] = False
     wn = w.norm(dim=1)
     logit_need = (wn[y][:, None] + wn[None, :]) * delta[:, None]
@@ -292,7 +305,7 @@ def _criteria(w, b, h, lower, upper, y) -> dict[str, torch.Tensor]:
 
 def transfer_bounds(encoder: nn.Module, head, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf",
                     method: str = "crown", clip: bool = True, batch_size: int = 64,
-                    name: str | None = None) -> TransferResult:
+                    name: str | None = None, device: str | torch.device | None = None) -> TransferResult:
     """Certify the linear head ``head`` on ``encoder``'s representation over input balls of radius ``eps``.
 
     Args:
@@ -304,6 +317,8 @@ def transfer_bounds(encoder: nn.Module, head, x: torch.Tensor, y: torch.Tensor, 
         method: auto_LiRPA method for the feature bounds: ``"ibp"``, ``"crown"`` or ``"crown-ibp"``.
         clip: intersect the ball with the image domain [0, 1].
         batch_size: examples per bound call.
+        device: where the encoder, the head (both moved there) and the inputs are bounded: ``"cpu"``, ``"cuda"``,
+            ``"auto"`` or a ``torch.device``; None (default): the encoder's device.
 
     Returns:
         :class:`TransferResult`. Guarantee: for every example with ``certified_<criterion>`` True, every
@@ -311,14 +326,19 @@ def transfer_bounds(encoder: nn.Module, head, x: torch.Tensor, y: torch.Tensor, 
         and its cross-entropy there is at most ``loss_bound`` and ``loss_bound_box`` (up to float32
         rounding inside auto_LiRPA, checked by the tests with PGD).
     """
+    dev = resolve_device(device)
     if not isinstance(encoder, nn.Module):
         raise TypeError(f"encoder must be a torch.nn.Module, got {type(encoder).__name__}")
     w, b = _head_params(head)
     x = _check_x(x)
     y = _check_y(y, x.shape[0], w.shape[0])
     eps = _check_ball(eps, norm, method, clip, batch_size)
+    if dev is None:
+        dev = module_device(encoder)
     t0 = time.perf_counter()
-    h, lower, upper = feature_box(encoder, x, eps=eps, norm=norm, method=method, clip=clip, batch_size=batch_size)
+    h, lower, upper = feature_box(encoder, x, eps=eps, norm=norm, method=method, clip=clip, batch_size=batch_size,
+                                  device=dev)
+    w, b, y = w.to(dev), b.to(dev), y.to(dev)
     if h.shape[1] != w.shape[1]:
         raise ValueError(f"the encoder gives {h.shape[1]} features but the head expects {w.shape[1]}")
     c = _criteria(w, b, h, lower, upper, y)
@@ -340,26 +360,34 @@ def transfer_bounds(encoder: nn.Module, head, x: torch.Tensor, y: torch.Tensor, 
 def fresh_probe_transfer(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, x: torch.Tensor,
                          y: torch.Tensor, *, eps: float, norm: str = "linf", method: str = "crown",
                          clip: bool = True, probe_eps: float = 0.0, weight_decay: float = 1e-4,
-                         batch_size: int = 64, seed: int = 0, name: str | None = None) -> TransferResult:
+                         batch_size: int = 64, seed: int = 0, name: str | None = None,
+                         device: str | torch.device | None = None) -> TransferResult:
     """Certify a *fresh* linear probe on a zoo model's representation (the downstream task of Nern et al.).
 
     The model is split with :func:`split_model`; a linear probe is fitted on the encoder's features of
     ``(train_x, train_y)`` (:func:`estimators.robust_linear.train_robust_probe`, feature-space l2 radius
     ``probe_eps``; 0 = plain multinomial logistic regression) and certified on ``(x, y)`` with
-    :func:`transfer_bounds`. The model's own head is not used.
+    :func:`transfer_bounds`. The model's own head is not used. ``device`` as in :func:`transfer_bounds` (the
+    probe itself is fitted by numpy on the CPU).
     """
     from estimators import robust_linear as rl
 
+    dev = resolve_device(device)
     encoder, own_head = split_model(model)
+    if dev is None:
+        dev = module_device(model)
+    else:
+        model.to(dev)
     train_x = _check_x(train_x)
     num_classes = int(own_head.weight.shape[0])
     train_y = _check_y(train_y, train_x.shape[0], num_classes)
     check_int("batch_size", batch_size, 1)
     with torch.no_grad():
-        h = torch.cat([encoder(train_x[i:i + batch_size]).double() for i in range(0, train_x.shape[0], batch_size)])
-    probe = rl.train_robust_probe(h.numpy(), train_y.numpy(), num_classes=num_classes,
+        h = torch.cat([encoder(train_x[i:i + batch_size].to(dev)).double().cpu()
+                       for i in range(0, train_x.shape[0], batch_size)])
+    probe = rl.train_robust_probe(h.numpy(), train_y.cpu().numpy(), num_classes=num_classes,
                                   eps=check_float("probe_eps", probe_eps, low=0.0), weight_decay=weight_decay,
                                   seed=seed)
     head = (torch.from_numpy(probe.weight), torch.from_numpy(probe.bias))
     return transfer_bounds(encoder, head, x, y, eps=eps, norm=norm, method=method, clip=clip,
-                           batch_size=batch_size, name=name or f"{type(model).__name__} + fresh probe")
+                           batch_size=batch_size, name=name or f"{type(model).__name__} + fresh probe", device=dev)

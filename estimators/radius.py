@@ -29,9 +29,13 @@ bounds is a linear program in h. For p > 1/2 and r >= 0:
   of large terms) are bounded explicitly. Composite Gauss-Legendre (20 points per interval) is used only to
   find the multipliers.
   The slab radius keeps a few-ulp margin above 1/2 for the same reason. Multipliers come from a damped
-  Newton ascent on the concave dual; the radius from a safeguarded Newton/secant search in r that only ever
-  reports a certified r. (The paper's official code uses nested bisections with 1000-point Gauss-Hermite and
-  no certified lower bound.) tests/test_radius.py checks the dual against a brute-force grid LP.
+  Newton ascent on the concave dual; the radius from Newton steps in r on the dual *estimate* (Gauss-Legendre,
+  cheap) that locate the root, then ONE proven lower bound at a point a tolerance below it, so only a
+  certified r is ever reported (a search that certifies every iterate takes over if that bound fails or the
+  multipliers grow huge). The l1 / l_inf scans start each search from the root interpolated between
+  neighbouring k. (The paper's official code uses nested bisections with 1000-point Gauss-Hermite and no
+  certified lower bound.) tests/test_radius.py checks the dual against a brute-force grid LP;
+  tests/test_radius_reference.py checks the radii against the every-iterate-certified search.
 
 Soundness of plugging bounds in: because the constraints are inequalities (E h >= p, <g,u> >= -m, orthogonal
 part >= b), the true h is feasible whenever the statistical bounds hold, so the LP value (and the radius) for
@@ -51,8 +55,10 @@ Norms other than l2 (input units after multiplying by sigma):
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
+from typing import Optional
 
 import numpy as np
 from scipy import special
@@ -76,6 +82,7 @@ __all__ = [
 
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
 _INV_SQRT_2PI = 1.0 / _SQRT_2PI
+_SQRT_HALF = math.sqrt(0.5)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -232,15 +239,26 @@ def _slab_endpoints(p: np.ndarray, m: np.ndarray):
 
 
 def _phi_scalar(x: float) -> float:
-    return float(np.exp(-0.5 * (x * x))) * _INV_SQRT_2PI
+    return math.exp(-0.5 * (x * x)) * _INV_SQRT_2PI
+
+
+def _Phi_scalar(x: float) -> float:
+    """Phi(x) for one float with math.erf / math.erfc (the formula of scipy's ndtr; a few ulps either way)."""
+    t = x * _SQRT_HALF
+    if abs(t) < _SQRT_HALF:
+        return 0.5 + 0.5 * math.erf(t)
+    y = 0.5 * math.erfc(abs(t))
+    return 1.0 - y if t > 0.0 else y
 
 
 def _z1_of_z2_scalar(q: float, z2: float) -> float:
-    return -float(_Phi_inv(max(q - float(_Phi(z2)), 1e-300)))
+    return -float(_Phi_inv(max(q - _Phi_scalar(z2), 1e-300)))
 
 
+@functools.lru_cache(maxsize=512)
 def _slab_endpoints_scalar(p: float, m: float) -> tuple[float, float]:
-    """:func:`_slab_endpoints` for one (p, m), step for step (the same ufuncs on float64 scalars)."""
+    """:func:`_slab_endpoints` for one (p, m), step for step (Phi and phi from the math module: the same values
+    to a few ulps, without numpy's per-call cost; cached, as the radius searches ask for the same slab often)."""
     q = 1.0 - p
     zc = float(_Phi_inv(p))
     if m >= _phi_scalar(zc):
@@ -259,8 +277,9 @@ def _slab_endpoints_scalar(p: float, m: float) -> tuple[float, float]:
     return lo, _z1_of_z2_scalar(q, lo)
 
 
+@functools.lru_cache(maxsize=512)
 def _slab_radius_scalar(p: float, m: float) -> float:
-    """:func:`_slab_radius` for one (p, m), step for step."""
+    """:func:`_slab_radius` for one (p, m), step for step (math-module erf / Phi; cached)."""
     z2, z1 = _slab_endpoints_scalar(p, m)
     lo = float(_Phi_inv(p))
     hi = z1 if math.isfinite(z2) else lo
@@ -268,7 +287,7 @@ def _slab_radius_scalar(p: float, m: float) -> float:
         mid = 0.5 * (lo + hi)
         if not lo < mid < hi:
             break
-        if float(_slab_value_minus_half(z2, z1, mid)) > _SLAB_ROUNDING:
+        if 0.5 * math.erf((z1 - mid) * _SQRT_HALF) - _Phi_scalar(z2 - mid) > _SLAB_ROUNDING:
             lo = mid
         else:
             hi = mid
@@ -341,8 +360,14 @@ _LAM2_MIN = 1e-12
 
 def _newton_root(r: float, l0: float, l1: float, x: float) -> float:
     """Newton iteration for a root of the convex s(x) = exp(r x - r^2/2) - l0 - l1 x started where s(x) > 0
-    on the outer side of that root: for a convex function the iterates then approach it monotonically."""
-    for _ in range(200):
+    on the outer side of that root: for a convex function the iterates then approach it monotonically.
+
+    At most ``_NEWTON_STEPS`` steps. Rounding can make the iterates cycle among a few floats next to the root
+    without meeting the step test; the iteration map is deterministic, so once an iterate repeats, the iterate
+    after ``_NEWTON_STEPS`` steps is read off the cycle instead of stepping on."""
+    seen = {x: 0}
+    path = [x]
+    for k in range(1, _NEWTON_STEPS + 1):
         e = math.exp(r * x - 0.5 * r * r)
         s = e - l0 - l1 * x
         ds = r * e - l1
@@ -352,7 +377,14 @@ def _newton_root(r: float, l0: float, l1: float, x: float) -> float:
         x -= step
         if abs(step) <= 1e-15 * max(1.0, abs(x)):
             break
+        first = seen.setdefault(x, k)
+        if first != k:  # x_k = x_first: the iterates repeat with period k - first from here on
+            return path[first + (_NEWTON_STEPS - first) % (k - first)]
+        path.append(x)
     return x
+
+
+_NEWTON_STEPS = 200
 
 
 def _roots_in_range(r: float, l0: float, l1: float) -> list[float]:
@@ -471,6 +503,10 @@ def _maximise_dual(r, p, a, b, lam0=None, max_iter=80):
             step_f = gf / scale
         if not np.all(np.isfinite(step_f)) or float(np.dot(step_f, gf)) <= 0.0:
             step_f = gf / scale
+        elif float(np.dot(step_f, gf)) <= 8.0 * _EPS * max(1.0, abs(D)):
+            # the Newton model predicts a gain below the rounding of D: no step can be told apart from here
+            converged = bool(np.max(np.abs(g[free])) < 1e-7)
+            break
         accepted = False
         for direction in (step_f, gf / scale):
             step = np.zeros(3)
@@ -543,36 +579,113 @@ def worst_case_probability_two_component(p: float, m_parallel: float, m_orthogon
     return _certified_dual_value(r, lam, p, a, b)
 
 
+# The estimate-driven search (:meth:`_TwoComponentSolver.radius`) hands over to the certified search once a
+# multiplier exceeds this: there the dual is a small difference of huge terms, Newton ascent from a neighbour's
+# multipliers can stall far from the optimum, and the estimate would undershoot the root badly.
+_LAM_FAST_MAX = 1e4
 _R_CAP = 50.0  # sigma units; radii are never searched beyond this (returning a smaller radius is always sound)
 
 
 class _TwoComponentSolver:
-    """Certified radius for one (p, a, b): safeguarded Newton search on r of (certified dual value - 1/2)."""
+    """Certified radius for one (p, a, b).
 
-    def __init__(self, p: float, a: float, b: float):
+    :meth:`radius` finds the root in r of (dual value - 1/2) by Newton steps on the dual *estimate* (multipliers
+    by Newton ascent, Gauss-Legendre quadrature: cheap, not a bound), then certifies ONE point a tolerance below
+    that root with the proven lower bound of :func:`_certified_dual_value`. Only a certified point is returned;
+    if the certification fails, :meth:`certified_search` (every iterate certified) takes over.
+    """
+
+    def __init__(self, p: float, a: float, b: float, start: Optional[tuple[float, np.ndarray]] = None):
         self.p, self.a, self.b = p, a, b
-        self._lams: list[tuple[float, np.ndarray]] = []
+        # (r, multipliers) solved so far: Newton ascent starts from the nearest; ``start`` seeds it (a neighbour)
+        self._lams: list[tuple[float, np.ndarray]] = [] if start is None else [start]
+        self.root: Optional[tuple[float, np.ndarray]] = None  # (r, multipliers) where the estimate search ended
 
-    def value(self, r: float) -> tuple[float, float]:
-        """(certified lower bound on the worst-case pA at r, its derivative in r at the optimal multipliers)."""
+    def _multipliers(self, r: float) -> tuple[np.ndarray, float, bool]:
+        """Multipliers at r by Newton ascent from those of the nearest r solved so far (else the slab's)."""
         lam0 = None
         if self._lams:
             lam0 = min(self._lams, key=lambda item: abs(item[0] - r))[1].copy()
         lam, d_est, converged = _maximise_dual(r, self.p, self.a, self.b, lam0=lam0)
+        return lam, d_est, converged
+
+    def _certified(self, r: float, lam: np.ndarray, d_est: float) -> float:
         # the bound is valid at any tolerance; resolve it only as finely as the decision "> 1/2" needs
         tol = min(1e-6, max(1e-10, 1e-2 * abs(d_est - 0.5)))
-        d = _certified_dual_value(r, lam, self.p, self.a, self.b, tol=tol)
-        if lam0 is not None and not converged:  # retry from the slab multipliers; keep the better bound
+        return _certified_dual_value(r, lam, self.p, self.a, self.b, tol=tol)
+
+    def estimate(self, r: float) -> tuple[float, float, np.ndarray]:
+        """(dual estimate at r, its derivative in r, the multipliers); not a certified value."""
+        lam, d_est, converged = self._multipliers(r)
+        if self._lams and not converged:  # retry from the slab multipliers; keep the larger dual
+            lam_c, d_c, _ = _maximise_dual(r, self.p, self.a, self.b)
+            if d_c > d_est:
+                lam, d_est = lam_c, d_c
+        self._lams.append((r, lam))
+        return float(d_est), _dual_r_derivative(r, lam), lam
+
+    def value(self, r: float) -> tuple[float, float]:
+        """(certified lower bound on the worst-case pA at r, its derivative in r at the optimal multipliers)."""
+        lam0_given = bool(self._lams)
+        lam, d_est, converged = self._multipliers(r)
+        d = self._certified(r, lam, d_est)
+        if lam0_given and not converged:  # retry from the slab multipliers; keep the better bound
             lam_c, _, _ = _maximise_dual(r, self.p, self.a, self.b)
-            d_c = _certified_dual_value(r, lam_c, self.p, self.a, self.b, tol=tol)
+            d_c = self._certified(r, lam_c, d_est)
             if d_c > d:
                 lam, d = lam_c, d_c
         self._lams.append((r, lam))
         return d, _dual_r_derivative(r, lam)
 
-    def radius(self, r_start: float, rtol: float) -> float:
+    def radius(self, r_start: float, rtol: float, r_guess: Optional[float] = None) -> float:
+        """A certified r >= r_start within about ``rtol`` (relative) below the root of the dual value - 1/2.
+
+        Newton steps on the estimate locate the root (safeguarded by a bracket), starting at ``r_guess`` when one
+        above r_start is given (a neighbouring solution), else at r_start; the point one tolerance below the root
+        is certified with the multipliers found at the root (any multipliers give a valid bound).
+        """
+        r = min(r_guess, _R_CAP) if r_guess is not None and r_guess > r_start else r_start
+        lo, hi = r_start, math.inf  # r_start is certified by the caller; its estimate is not known yet
+        lo_seen = False
+        for _ in range(40):
+            d, fp, lam = self.estimate(r)
+            if not lam.max() < _LAM_FAST_MAX:
+                return self.certified_search(r_start, rtol)
+            f = d - 0.5
+            if f > 0.0:
+                lo, lo_seen = r, True
+            elif r <= r_start:
+                return r_start  # the estimate is <= 1/2 already at the certified start
+            else:
+                hi = r
+            tol = rtol * max(r, 1e-2)
+            step = -f / fp if fp < 0.0 and abs(f) < -fp * 1e300 else math.inf
+            if abs(step) <= 0.05 * tol or hi - lo <= 0.05 * rtol * max(lo, 1e-2) or lo >= _R_CAP:
+                break  # r is within a twentieth of the tolerance of the estimate's root
+            r_new = r + step
+            if r_new <= lo and not lo_seen:
+                r_new = lo  # the root may lie below the guess's bracket: look at the certified start itself
+            elif not (lo < r_new < hi):
+                r_new = 0.5 * (lo + hi) if math.isfinite(hi) else max(lo * 1.25 + 0.05, lo + 1e-3)
+            r = min(r_new, _R_CAP)
+        else:
+            return self.certified_search(r_start, rtol)
+        self.root = (r, lam)
+        root = min(max(r + (-f / fp if fp < 0.0 else 0.0), lo), hi)
+        r_c = min(root - rtol * max(root, 1e-2), _R_CAP)
+        if r_c <= r_start:
+            return r_start
+        # the estimate exceeds 1/2 by about |fp| (root - r_c) at r_c: resolve the bound to a quarter of that
+        margin = -fp * (root - r_c) if fp < 0.0 else 0.0
+        tol = max(1e-10, 0.25 * margin)
+        if _certified_dual_value(r_c, lam, self.p, self.a, self.b, tol=tol) > 0.5:
+            return r_c
+        return self.certified_search(r_start, rtol)
+
+    def certified_search(self, r_start: float, rtol: float) -> float:
         """Largest certified r found by Newton steps from the certified end, aimed slightly short of the
         predicted root; the bracket [lo, hi] (lo certified, hi not) is bisected when a step leaves it."""
+        self._lams.clear()  # start from the slab multipliers, not from the estimates' multipliers
         lo = r_start  # certified by the caller
         d, fp_lo = self.value(lo)
         f_lo = d - 0.5
@@ -625,9 +738,10 @@ def radius_two_component(p, m_parallel, m_orthogonal, *, rtol: float = 1e-4):
     particular if |<g,u>| <= m_parallel) and the component orthogonal to u has norm >= m_orthogonal (g in
     sigma units), then pA(x + sigma r u) > 1/2 for all 0 <= r < R. Equals the slab radius
     ``l2_radius_first_order(p, m_parallel)`` when m_orthogonal = 0, and is never smaller than it (that value is
-    certified first and the search only moves up). Each tested r is certified by the dual lower bound of
-    :func:`worst_case_probability_two_component`; the search stops at relative resolution ``rtol`` and keeps
-    the certified end. ``m_orthogonal`` is capped just below phi(Phi^-1(p)) (no h can have a larger gradient;
+    certified first and the search only moves up). The root of the dual estimate is located to ``rtol`` / 20
+    and the point ``rtol`` (relative) below it is returned once the dual lower bound of
+    :func:`worst_case_probability_two_component` certifies it (else a search certifying every iterate to
+    resolution ``rtol`` decides). ``m_orthogonal`` is capped just below phi(Phi^-1(p)) (no h can have a larger gradient;
     larger values are inconsistent bounds), and radii are not searched beyond 50.
 
     Example: ``radius_two_component(0.9, 0.05, 0.1) ~= 1.63`` vs ``l2_radius_first_order(0.9, 0.05) ~= 1.51``.
@@ -644,15 +758,23 @@ def radius_two_component(p, m_parallel, m_orthogonal, *, rtol: float = 1e-4):
 
 
 def _radius_two_component_scalar(p: float, a: float, b: float, rtol: float) -> float:
+    return _radius_two_component_hinted(p, a, b, rtol)[0]
+
+
+def _radius_two_component_hinted(p: float, a: float, b: float, rtol: float, hint=None):
+    """(radius, (r, multipliers) near the root or None); ``hint`` = (r_guess, (r, multipliers)) of a neighbouring
+    (a, b) only speeds the search up (the returned radius is certified whatever the hint)."""
     if p <= 0.5:
-        return 0.0
+        return 0.0, None
     thr = float(_phi(_Phi_inv(p)))
     a = min(a, thr)  # above the threshold the parallel constraint is inactive for every h with E h = p
     r_slab = float(_slab_radius(np.array([p]), np.array([a]))[0])
     b = min(b, thr * (1.0 - 1e-9))
     if b <= 0.0:
-        return r_slab
-    return max(r_slab, _TwoComponentSolver(p, a, b).radius(r_slab, rtol))
+        return r_slab, None
+    r_guess, start = (None, None) if hint is None else hint
+    solver = _TwoComponentSolver(p, a, b, start=start)
+    return max(r_slab, solver.radius(r_slab, rtol, r_guess=r_guess)), solver.root
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -681,12 +803,15 @@ def scan_radius(p, a_unit, l2_upper, l2_lower, k_max, *, rtol: float = 1e-3, max
     thr = float(_phi(_Phi_inv(p)))
     M = min(M, thr)
     cache: dict[float, float] = {}
+    roots: dict[float, tuple[float, np.ndarray]] = {}  # k -> (r, multipliers) where its search ended
 
     def r2(k: float) -> float:
         if k not in cache:
             a = min(k * a_unit, M)
             b = math.sqrt(max(0.0, L * L - a * a))
-            cache[k] = _radius_two_component_scalar(p, a, b, 1e-4)
+            cache[k], root = _radius_two_component_hinted(p, a, b, 1e-4, _neighbour_hint(k, roots))
+            if root is not None:
+                roots[k] = root
         return cache[k]
 
     K = k_max if a_unit <= 0.0 else min(k_max, max(1.0, M / a_unit))
@@ -718,6 +843,23 @@ def scan_radius(p, a_unit, l2_upper, l2_lower, k_max, *, rtol: float = 1e-3, max
             k_new = 0.5 * (k_a + k_b)
         ks.insert(j + 1, k_new)
         r2(k_new)
+
+
+def _neighbour_hint(k: float, roots: dict[float, tuple[float, np.ndarray]]):
+    """(r_guess, (r, multipliers)) for the search at k from the searches already done: r interpolated linearly
+    between the nearest k on either side (else the nearest one's), multipliers of the nearest; None if none."""
+    if not roots:
+        return None
+    below = [q for q in roots if q < k]
+    above = [q for q in roots if q > k]
+    near = min(roots, key=lambda q: abs(q - k))
+    if below and above:
+        k_a, k_b = max(below), min(above)
+        r_a, r_b = roots[k_a][0], roots[k_b][0]
+        guess = r_a + (r_b - r_a) * (k - k_a) / (k_b - k_a)
+    else:
+        guess = roots[near][0]
+    return guess, roots[near]
 
 
 def _dim(dim) -> int:

@@ -10,7 +10,7 @@ For an input x (any shape S, one example), a noise level sigma and a callable ``
   The half means m_h = half_sums[h] / n_h are independent unbiased estimates of sigma * grad pA(x)
   (see :mod:`estimators.gradient`).
 
-Memory is O(batch_size * D) regardless of n: one noise buffer and one input buffer are reused. The first-order
+Memory is O(batch_size * D) regardless of n: two noise and two input buffers are reused. The first-order
 sums cost one (2, B) @ (B, D) matrix product per batch. No per-sample Python work; counts stay on the device
 and are read back once.
 
@@ -23,16 +23,22 @@ Noise source hook: ``noise_source(b, generator)`` replaces x + sigma z by any ba
 unavailable.
 
 Determinism: all noise comes from one ``torch.Generator`` on x's device, seeded with ``seed`` (or supplied by
-the caller) and consumed batch by batch (``normal_`` on a (B, *S) buffer). On CPU the next batch's noise is
-drawn by one helper thread while the classifier evaluates the current batch (``overlap``; two buffer pairs
-alternate); the helper consumes the generator in the same batch order, so the noise is identical either way.
-Results are identical for the same (seed, n, batch_size, input, device type, torch version); a different
-batch_size changes how the generator's stream is cut into batches and therefore the noise. Scores are
-computed under ``torch.inference_mode``. The classifier's train/eval mode is NOT changed here
-(``certify.smoothing.Smooth`` handles that).
+the caller) and consumed in order, every ``normal_`` call covering a whole number of 16-value chunks (rows drawn
+beyond a batch are carried over to the next). torch's CPU ``normal_`` transforms its uniforms 16 at a time, so
+on CPU the stream does not depend on how it is cut into batches: the noisy inputs and ``counts`` are identical
+for every ``batch_size`` (Gaussian noise; a ``noise_source`` defines its own stream). The first-order sums are
+accumulated batch by batch in the noise dtype, so across batch sizes they agree to float rounding only. On CPU
+the next batch's noise is drawn by one helper thread while the classifier evaluates the current batch
+(``overlap``; two buffer pairs alternate); with one intra-op thread the helper also forms x + sigma z and
+accumulates the first-order sums, so the caller's thread only runs the classifier. The helper consumes the
+generator in the same order and runs the same operations, so every result is identical either way. Results are
+identical for the same (seed, n, input, device type, torch version). Scores are computed under
+``torch.inference_mode``. The classifier's train/eval mode is NOT changed here (``certify.smoothing.Smooth``
+handles that).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import numbers
@@ -56,11 +62,18 @@ class _NoiseBatches:
     """Consecutive (z, x + sigma z) batches of sizes ``sizes`` = bs, bs, ..., (rest), drawn from ``generator`` in
     order; the sum is formed in x's dtype and rounded once to ``input_dtype``.
 
+    Batch-size independent stream: every ``normal_`` call covers a whole number of 16-value chunks (``block``
+    samples of D values each, block = 16 / gcd(D, 16)), so the generator's output is cut the same way whatever
+    the batch size (torch's CPU ``normal_`` transforms its uniforms 16 at a time); rows drawn beyond a batch are
+    carried over to the next one.
+
     Two buffer pairs alternate. With ``overlap`` a single helper thread draws the noise of batch i + 1 into the
-    other pair while the caller uses batch i (the sum x + sigma z is formed in the caller's thread); the caller
+    other pair while the caller uses batch i; with one intra-op thread it also forms x + sigma z and runs the
+    work queued with :meth:`after` (first-order sums), so the caller's thread only runs the model. A draw the
+    helper has not started when it is needed (no free core) is taken back and done by the caller. The caller
     must be done with a batch when it asks for the next one. The generator is used by one thread at a time, in
-    batch order, so the stream is the same with or without it.
-    Use as a context manager (the helper thread is shut down on exit).
+    batch order, and every operation is the same in either thread, so the results are the same with or without
+    it. Use as a context manager (the helper thread is shut down on exit).
     """
 
     def __init__(self, x: torch.Tensor, sigma: float, bs: int, n: int, generator: torch.Generator, *,
@@ -71,37 +84,86 @@ class _NoiseBatches:
         self.x, self.sigma, self.generator, self.input_dtype = x, sigma, generator, input_dtype
         self.noise_source = noise_source
         self.sizes = [min(bs, n - s) for s in range(0, n, bs)]
+        self.block = 16 // math.gcd(int(x.numel()), 16)
         slots = 2 if overlap else 1
-        self.noise = [torch.empty((bs, *x.shape), device=x.device, dtype=x.dtype) for _ in range(slots)]
+        rows = bs + self.block - 1  # carried rows (< block) + the whole blocks drawn for one batch
+        self.noise = [torch.empty((rows, *x.shape), device=x.device, dtype=x.dtype) for _ in range(slots)]
         self.inputs = [torch.empty((bs, *x.shape), device=x.device, dtype=x.dtype) for _ in range(slots)]
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="certify-noise") if overlap else None
+        # the helper's extra work uses serial kernels only with one intra-op thread (no second thread team)
+        self.helper_sums = self.pool is not None and torch.get_num_threads() == 1
+        self._carry: Optional[torch.Tensor] = None
         self._next = 0
         self._pending: Optional[Future] = None
+        self._pending_before: tuple[Callable[[], None], ...] = ()
+        self._queued: list[Callable[[], None]] = []  # work on earlier batches, run before the next draw
 
-    def _draw(self, i: int) -> torch.Tensor:
-        """Noise of batch i (the helper thread's only job: ``normal_`` is a serial kernel, no thread team)."""
+    def _noise(self, i: int) -> torch.Tensor:
+        """z of batch i: the rows carried from batch i - 1, then whole blocks of fresh draws."""
+        b = self.sizes[i]
+        slot = self.noise[i % len(self.noise)]
+        carry = self._carry
+        c = 0 if carry is None else int(carry.shape[0])
+        if carry is not None:
+            slot[:c].copy_(carry)
+        need = b - c
+        m = -(-need // self.block) * self.block if need > 0 else 0
+        if m:
+            slot[c:c + m].normal_(generator=self.generator)
+        self._carry = slot[b:c + m].clone() if c + m > b else None
+        return slot[:b]
+
+    def _sum(self, i: int, z: torch.Tensor) -> torch.Tensor:
+        batch = torch.add(self.x, z, alpha=self.sigma, out=self.inputs[i % len(self.inputs)][:z.shape[0]])
+        if self.input_dtype != self.x.dtype:  # round the float32 sum once to the classifier's dtype
+            batch = batch.to(self.input_dtype)
+        return batch
+
+    def _draw(self, i: int, before: tuple[Callable[[], None], ...] = ()) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(z, x + sigma z or None) of batch i, after running ``before`` (``normal_`` is a serial kernel)."""
         with torch.inference_mode():  # thread-local: the helper thread needs it too (buffers may be inference tensors)
+            for fn in before:
+                fn()
             if self.noise_source is not None:  # the classifier inputs themselves (a fresh tensor per batch)
-                return self.noise_source(self.sizes[i], self.generator)
-            return self.noise[i % len(self.noise)][:self.sizes[i]].normal_(generator=self.generator)
+                return self.noise[0][:self.sizes[i]], self.noise_source(self.sizes[i], self.generator)
+            z = self._noise(i)
+            return z, (self._sum(i, z) if self.helper_sums else None)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The next (z, x + sigma z); with overlap, also starts drawing the noise after it."""
+        """The next (z, x + sigma z); with overlap, also starts drawing the noise after it. A draw the helper
+        has not started yet when it is needed is taken back and done in the caller's thread."""
         i = self._next
         self._next += 1
-        if self.pool is None:
-            z = self._draw(i)
+        pending, self._pending = self._pending, None
+        if pending is None:
+            z, batch = self._draw(i)
+        elif pending.cancel():  # the helper has not started it (e.g. no free core): draw here, same order
+            z, batch = self._draw(i, self._pending_before)
         else:
-            pending = self._pending if self._pending is not None else self.pool.submit(self._draw, i)
-            z = pending.result()
-            self._pending = self.pool.submit(self._draw, i + 1) if i + 1 < len(self.sizes) else None
-        if self.noise_source is not None:  # z is unused (no first-order sums with a noise source)
-            return self.noise[0][:z.shape[0]], z
-        with torch.inference_mode():
-            batch = torch.add(self.x, z, alpha=self.sigma, out=self.inputs[i % len(self.inputs)][:z.shape[0]])
-            if self.input_dtype != self.x.dtype:  # round the float32 sum once to the classifier's dtype
-                batch = batch.to(self.input_dtype)
+            z, batch = pending.result()
+        if self.pool is not None and i + 1 < len(self.sizes):
+            # queued work first: the draw reuses the buffers it reads
+            self._pending_before, self._queued = tuple(self._queued), []
+            self._pending = self.pool.submit(self._draw, i + 1, self._pending_before)
+        if batch is None:
+            with torch.inference_mode():
+                batch = self._sum(i, z)
         return z, batch
+
+    def after(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` (work on the current batch's noise) now, or queue it for the helper thread, which runs it
+        just before the next draw it is given (so before any draw reuses this batch's buffers)."""
+        if self.helper_sums:
+            self._queued.append(fn)
+        else:
+            fn()
+
+    def finish(self) -> None:
+        """Run the work still queued (in the caller's thread: the helper has no draw left to do)."""
+        with torch.inference_mode():
+            for fn in self._queued:
+                fn()
+        self._queued.clear()
 
     def __enter__(self) -> "_NoiseBatches":
         return self
@@ -109,6 +171,16 @@ class _NoiseBatches:
     def __exit__(self, *exc) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _accumulate(sums: torch.Tensor, hits: torch.Tensor, z: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor,
+                target: int) -> None:
+    """Add one batch's first-order half sums of z (1{pred = target} - 1/2) and half hit counts."""
+    b = z.shape[0]
+    hit = (pred == target).to(z.dtype)
+    weights = mask * (hit - 0.5)  # (2, b)
+    sums += (weights @ z.reshape(b, -1)).to(torch.float64)
+    hits += (mask * hit).sum(dim=1).to(torch.int64)
 
 
 @dataclass(frozen=True)
@@ -272,15 +344,12 @@ def sample_noise(
             pred = scores.argmax(dim=1)
             counts += torch.bincount(pred, minlength=num_classes)
             if target is not None:
-                hit = pred == target
                 mask = half_mask[:, :b] if done % 2 == 0 else half_mask.flip(0)[:, :b]
-                weights = mask * (hit.to(dtype) - 0.5)  # (2, b)
-                zf = z.reshape(b, dim)
-                sums += (weights @ zf).to(torch.float64)
-                hits += (mask * hit.to(dtype)).sum(dim=1).to(torch.int64)
+                source.after(functools.partial(_accumulate, sums, hits, z, pred, mask, target))
             done += b
             if bar is not None:
                 bar.update(b)
+        source.finish()
     if bar is not None:
         bar.close()
     if bool(nonfinite):

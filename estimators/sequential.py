@@ -14,8 +14,9 @@ data-dependent time tau: P(p < lower_tau) <= alpha still holds (optional stoppin
   M_n(p) = B(a + k, b + n - k) / (B(a, b) p^k (1 - p)^(n - k)) is a non-negative martingale with mean 1 under p;
   Ville's inequality gives P(sup_n M_n(p) >= 1 / alpha) <= alpha, and the CS is {p : M_n(p) < 1 / alpha}
   (an interval: log M_n is convex in p and <= 0 at p = k / n). Valid at EVERY n, no horizon.
-* :func:`scheduled_clopper_pearson`: exact Clopper-Pearson bounds at level alpha / n_checks, valid
-  simultaneously over any set of at most ``n_checks`` sample counts fixed in advance (union bound), e.g. the
+* :func:`scheduled_clopper_pearson`: exact Clopper-Pearson bounds at level alpha_j (:func:`check_levels`: alpha /
+  n_checks each, or a share of alpha reserved for the last check), valid simultaneously over any set of at most
+  ``n_checks`` sample counts fixed in advance (union bound, sum of alpha_j = alpha), e.g. the
   geometric schedule of :func:`check_schedule`. With a known maximum n (``n_estimate``) this is tighter than
   the mixture for the sample sizes of randomized smoothing (Voracek, NeurIPS 2024, studies confidence sequences
   for randomized smoothing); ``Smooth.certify(sequential=True)`` uses it. Between two checks the last
@@ -36,6 +37,7 @@ from scipy import special
 __all__ = [
     "beta_binomial_cs",
     "scheduled_clopper_pearson",
+    "check_levels",
     "check_schedule",
     "stop_decision",
     "STOP_REASONS",
@@ -151,25 +153,51 @@ def check_schedule(n_max: int, *, first: int = 100, growth: float = 1.25) -> np.
     return np.asarray(out, dtype=np.int64)
 
 
-def scheduled_clopper_pearson(k, n, alpha: float, *, n_checks: int):
-    """Clopper-Pearson (lower, upper) at level alpha / n_checks each: a CS over at most n_checks fixed times.
+def check_levels(alpha: float, n_checks: int, *, final_share: float = 0.0) -> np.ndarray:
+    """Per-check levels alpha_0..alpha_{J-1} of a weighted union bound over J = ``n_checks`` fixed checks.
 
-    Guarantee (union bound over the checks): for ANY set S of at most ``n_checks`` sample counts fixed before
-    sampling (e.g. :func:`check_schedule`), P(there is an n in S with lower_n > p) <= alpha and
+    alpha_j = (1 - final_share) alpha / J for every check, plus final_share alpha on the last one, so
+    sum_j alpha_j = alpha exactly: bounds at level alpha_j at check j fail somewhere with probability <= alpha.
+    ``final_share = 0`` is the equal split alpha / J; ``final_share = 0.5`` keeps half of alpha for the last
+    check, so a sequential certificate that runs to its cap n_max loses little against a fixed-n certificate
+    at alpha (its last bound is at level > alpha / 2 instead of alpha / J), for twice smaller levels at the
+    earlier checks (a few more samples before an early stop).
+
+    Example: ``check_levels(0.01, 4, final_share=0.5).tolist() == [0.00125, 0.00125, 0.00125, 0.00625]``.
+    """
+    alpha = _check_alpha(alpha)
+    if isinstance(n_checks, bool) or not isinstance(n_checks, numbers.Integral) or n_checks < 1:
+        raise ValueError(f"n_checks must be an int >= 1, got {n_checks!r}")
+    if isinstance(final_share, bool) or not isinstance(final_share, numbers.Real) or not 0.0 <= final_share < 1.0:
+        raise ValueError(f"final_share must be a number in [0, 1), got {final_share!r}")
+    levels = np.full(int(n_checks), (1.0 - float(final_share)) * alpha / int(n_checks))
+    levels[-1] += float(final_share) * alpha
+    return levels
+
+
+def scheduled_clopper_pearson(k, n, alpha: float, *, n_checks: int, final_share: float = 0.0,
+                              final: bool = False):
+    """Clopper-Pearson (lower, upper) at the level :func:`check_levels` gives a check: a CS over n_checks times.
+
+    The level is alpha_j = (1 - final_share) alpha / n_checks at an intermediate check, and that plus
+    final_share alpha at the last one (``final=True``); with the default ``final_share=0`` every check is at
+    alpha / n_checks. Guarantee (union bound over the checks, sum of the levels = alpha): for ANY set S of at most
+    ``n_checks`` sample counts fixed before sampling (e.g. :func:`check_schedule`, whose last entry is the one
+    evaluated with ``final=True``), P(there is an n in S with lower_n > p) <= alpha and
     P(there is an n in S with upper_n < p) <= alpha, for every p. Hence stopping at the first check where a
     data-dependent rule fires is valid. Both sides together fail with probability <= 2 alpha (each side alone
-    <= alpha). lower is the alpha/n_checks quantile of Beta(k, n - k + 1) (0 when k = 0); upper the
-    1 - alpha/n_checks quantile of Beta(k + 1, n - k) (1 when k = n).
+    <= alpha). lower is the alpha_j quantile of Beta(k, n - k + 1) (0 when k = 0); upper the
+    1 - alpha_j quantile of Beta(k + 1, n - k) (1 when k = n).
 
     Vectorised over ``k`` and ``n``; floats for scalar input.
 
     Example: ``scheduled_clopper_pearson(100, 100, 0.01, n_checks=10)[0] == 0.001 ** (1 / 100)``.
     """
-    alpha = _check_alpha(alpha)
-    if isinstance(n_checks, bool) or not isinstance(n_checks, numbers.Integral) or n_checks < 1:
-        raise ValueError(f"n_checks must be an int >= 1, got {n_checks!r}")
+    if not isinstance(final, bool):
+        raise TypeError(f"final must be True or False, got {type(final).__name__}")
+    levels = check_levels(alpha, n_checks, final_share=final_share)
     k_b, n_b = _counts(k, n)
-    level = alpha / int(n_checks)
+    level = float(levels[-1] if final else levels[0])
     lower = np.zeros(k_b.shape)
     pos = k_b > 0
     if np.any(pos):  # Beta quantiles (special.betaincinv = stats.beta.ppf without its per-call overhead)

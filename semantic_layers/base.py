@@ -242,10 +242,11 @@ class SemanticPerturbation(abc.ABC):
         """Parameter range used when the caller gives none (same shape as :attr:`domain`)."""
         return self._default_range[0] if self.n_params == 1 else tuple(self._default_range)
 
-    def domain_tensors(self, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
-        """The domain as two (k,) tensors (lower corner, upper corner)."""
-        lo = torch.tensor([d[0] for d in self._domain], dtype=dtype)
-        hi = torch.tensor([d[1] for d in self._domain], dtype=dtype)
+    def domain_tensors(self, dtype: torch.dtype = torch.float64,
+                       device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The domain as two (k,) tensors (lower corner, upper corner) on ``device`` (default the CPU)."""
+        lo = torch.tensor([d[0] for d in self._domain], dtype=dtype, device=device)
+        hi = torch.tensor([d[1] for d in self._domain], dtype=dtype, device=device)
         return lo, hi
 
     def to_dict(self) -> dict[str, Any]:
@@ -339,7 +340,7 @@ class SemanticPerturbation(abc.ABC):
             bad = int(torch.nonzero((lo_t > hi_t).any(dim=1))[0].item())
             raise ValueError(f"empty parameter interval: lo > hi at row {bad} "
                              f"(lo={lo_t[bad].tolist()}, hi={hi_t[bad].tolist()})")
-        dlo, dhi = self.domain_tensors()
+        dlo, dhi = self.domain_tensors(device=lo_t.device)
         if (lo_t < dlo).any() or (hi_t > dhi).any() or not (torch.isfinite(lo_t).all() and torch.isfinite(hi_t).all()):
             raise ValueError(f"parameter interval outside the domain of {type(self).__name__} "
                              f"({', '.join(self.param_names)} in {self.domain} {self.units}); "
@@ -404,8 +405,8 @@ class SemanticPerturbation(abc.ABC):
         td = t.detach()
         if not torch.isfinite(td).all():
             raise ValueError("theta must be finite (no NaN/inf)")
-        dlo, dhi = self.domain_tensors(dtype)
-        if (td < dlo.to(device)).any() or (td > dhi.to(device)).any():
+        dlo, dhi = self.domain_tensors(dtype, device)
+        if (td < dlo).any() or (td > dhi).any():
             raise ValueError(f"theta outside the domain of {type(self).__name__} "
                              f"({', '.join(self.param_names)} in {self.domain} {self.units}); "
                              f"got values in [{td.min().item():.6g}, {td.max().item():.6g}]")
@@ -434,28 +435,29 @@ class SemanticPerturbation(abc.ABC):
     def layer(self, x: torch.Tensor) -> SemanticLayer:
         """Exact network ``theta (B,k) -> perturbed x (B,C,H,W)`` for every theta in :attr:`domain`.
 
-        Only nn.Linear + nn.ReLU + view (see :class:`SemanticLayer`); dtype follows ``x``.  Raises
-        TypeError for kind "box" families (use :meth:`pixel_bounds`).
+        Only nn.Linear + nn.ReLU + view (see :class:`SemanticLayer`); dtype and device follow ``x`` (the layer is
+        assembled on the CPU in float64, then moved).  Raises TypeError for kind "box" families (use
+        :meth:`pixel_bounds`).
         """
         if self.kind != "layer":
             raise TypeError(f"{type(self).__name__} is a '{self.kind}' perturbation: it has no exact theta->image "
                             f"layer; use pixel_bounds(x, lo, hi)")
         xb = self._single_image(x)
         dlo, dhi = self.domain_tensors()
-        spec = self._layer_spec(xb[0].detach().to(torch.float64), dlo, dhi)
+        spec = self._layer_spec(xb[0].detach().cpu().to(torch.float64), dlo, dhi)
         return build_relu_layer(**spec, domain_lo=dlo, domain_hi=dhi, image_shape=tuple(xb.shape[1:]),
-                                dtype=xb.dtype)
+                                dtype=xb.dtype).to(xb.device)
 
     def pixel_bounds(self, x: torch.Tensor, lo: Any, hi: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Sound per-pixel bounds of ``apply(x, theta)`` over each box ``lo[s] <= theta <= hi[s]``.
 
         ``x``: one image; ``lo``/``hi``: see :meth:`validate_range`.  Returns ``(lower, upper)`` of
-        shape (S,C,H,W) in x's dtype, computed in float64 and rounded outward (plus an absolute slack
-        of 1e-12), so ``lower <= apply(x, theta) <= upper`` for every theta in the box.
+        shape (S,C,H,W) in x's dtype and on x's device, computed in float64 and rounded outward (plus an
+        absolute slack of 1e-12), so ``lower <= apply(x, theta) <= upper`` for every theta in the box.
         """
         xb = self._single_image(x)
         lo_t, hi_t = self.validate_range(lo, hi)
-        lower, upper = self._bounds(xb[0].detach().to(torch.float64), lo_t, hi_t)
+        lower, upper = self._bounds(xb[0].detach().to(torch.float64), lo_t.to(xb.device), hi_t.to(xb.device))
         return round_outward(lower, upper, xb.dtype)
 
     # ------------------------------------------------------------------ for subclasses
@@ -470,7 +472,7 @@ class SemanticPerturbation(abc.ABC):
 
     @abc.abstractmethod
     def _bounds(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """float64 x (C,H,W), lo/hi (S,k) -> float64 (lower, upper) of shape (S,C,H,W)."""
+        """float64 x (C,H,W), lo/hi (S,k) on x's device -> float64 (lower, upper) of shape (S,C,H,W) there."""
 
 
 class PiecewiseLinear1D(SemanticPerturbation):
@@ -498,7 +500,7 @@ class PiecewiseLinear1D(SemanticPerturbation):
         S = lo.shape[0]
         lo4 = lo.reshape(S, 1, 1, 1)
         hi4 = hi.reshape(S, 1, 1, 1)
-        lower = torch.empty(S, *x.shape, dtype=torch.float64)
+        lower = torch.empty(S, *x.shape, dtype=torch.float64, device=x.device)
         upper = torch.empty_like(lower)
         chunk = max(1, 2_000_000 // max(1, x.numel() * 8))
         for s0 in range(0, S, chunk):

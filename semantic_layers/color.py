@@ -114,7 +114,7 @@ class Hue(PiecewiseLinear1D):
         _, _, _, h = _hsv(x)                                   # (1,H,W)
         n = int(math.floor(float((hi - lo).max()) / 60.0)) + 2
         u_lo = h + lo / 60.0                                  # (S,1,H,W)
-        j = torch.arange(n, dtype=x.dtype).reshape(1, n, 1, 1, 1)
+        j = torch.arange(n, dtype=x.dtype, device=x.device).reshape(1, n, 1, 1, 1)
         k = torch.floor(u_lo).unsqueeze(1) + 1.0 + j          # (S,n,1,H,W) integers
         return 60.0 * (k - h)
 

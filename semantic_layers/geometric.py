@@ -131,7 +131,7 @@ class Rotation(SemanticPerturbation):
     def _bounds(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         C, H, W = x.shape
         f64 = torch.float64
-        xo, yo, cx, cy = _offsets(H, W, f64)
+        xo, yo, cx, cy = _offsets(H, W, f64, x.device)
         X = xo.reshape(1, W).expand(H, W).reshape(-1)        # (P,)
         Y = yo.reshape(H, 1).expand(H, W).reshape(-1)
         rho = torch.sqrt(X * X + Y * Y)
@@ -150,14 +150,14 @@ class Rotation(SemanticPerturbation):
             a1 = math.radians(float(hi[s, 0]))
             width = a1 - a0
             n_sub = max(1, math.ceil(width / (math.pi / 2)), math.ceil(rho_max * width / self.max_arc_px))
-            edges = a0 + width * torch.arange(n_sub + 1, dtype=f64) / n_sub
+            edges = a0 + width * torch.arange(n_sub + 1, dtype=f64, device=x.device) / n_sub
             edges[0], edges[-1] = a0, a1
             starts.append(edges[:-1])
             ends.append(edges[1:])
-            owner.append(torch.full((n_sub,), s, dtype=torch.long))
+            owner.append(torch.full((n_sub,), s, dtype=torch.long, device=x.device))
         all_a, all_b, all_s = torch.cat(starts).reshape(-1, 1), torch.cat(ends).reshape(-1, 1), torch.cat(owner)
-        lower = torch.full((S, C, P), math.inf, dtype=f64)
-        upper = torch.full((S, C, P), -math.inf, dtype=f64)
+        lower = torch.full((S, C, P), math.inf, dtype=f64, device=x.device)
+        upper = torch.full((S, C, P), -math.inf, dtype=f64, device=x.device)
         chunk = max(1, 250_000 // (P * max(1, C)))
         for c0 in range(0, all_s.numel(), chunk):
             ea, eb, rows = all_a[c0:c0 + chunk], all_b[c0:c0 + chunk], all_s[c0:c0 + chunk]
@@ -196,6 +196,6 @@ class Rotation(SemanticPerturbation):
     def _grid_coords(c0: torch.Tensor, c1: torch.Tensor) -> torch.Tensor:
         """Box ends plus every integer (grid line) in [c0, c1]: (..., 2 + m) with m = floor(max side) + 1."""
         m = int(math.floor(float((c1 - c0).max()))) + 1
-        base = torch.floor(c0).unsqueeze(-1) + 1.0 + torch.arange(m, dtype=c0.dtype)
+        base = torch.floor(c0).unsqueeze(-1) + 1.0 + torch.arange(m, dtype=c0.dtype, device=c0.device)
         inner = torch.minimum(torch.maximum(base, c0.unsqueeze(-1)), c1.unsqueeze(-1))
         return torch.cat([c0.unsqueeze(-1), c1.unsqueeze(-1), inner], dim=-1)

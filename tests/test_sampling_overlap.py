@@ -60,3 +60,80 @@ def test_smooth_noise_thread_option():
     assert certs[0].p_lower == certs[1].p_lower == certs[2].p_lower and certs[0].label == certs[1].label
     with pytest.raises(TypeError, match="noise_thread must be True, False or None"):
         certify.Smooth(net, 5, 0.5, noise_thread=1)
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 7, 7), (5,)])
+def test_same_noise_whatever_the_batch_size_and_noise_thread(shape):
+    """Same seed -> the same noisy inputs and counts for batch sizes 1, 7 and 1000, with and without the helper
+    thread, also when D is not a multiple of 16 (rows drawn beyond a batch are carried over to the next)."""
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    runs = {}
+    for bs in (1, 7, 1000):
+        for overlap in (False, True):
+            seen = []
+
+            def net(b, seen=seen):
+                seen.append(b.clone())
+                return b.reshape(b.shape[0], -1)[:, :1] * torch.arange(4.0)
+
+            st = sample_noise(net, x, sigma=0.3, n=1037, num_classes=4, batch_size=bs, seed=3, target=1,
+                              overlap=overlap)
+            runs[bs, overlap] = (torch.cat(seen), st)
+    ref_inputs, ref = runs[1, False]
+    assert ref.counts.sum() == 1037
+    for (bs, overlap), (inputs, st) in runs.items():
+        assert torch.equal(inputs, ref_inputs), (bs, overlap)
+        assert np.array_equal(st.counts, ref.counts) and st.half_hits == ref.half_hits
+        # first-order sums: identical with / without the thread; across batch sizes up to float32 rounding
+        assert np.array_equal(st.half_sums, runs[bs, False][1].half_sums)
+        np.testing.assert_allclose(st.half_sums, ref.half_sums, rtol=1e-4, atol=1e-3)
+
+
+def test_smooth_certificates_identical_for_batch_sizes_and_noise_thread():
+    import certify
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 7 * 7, 5))
+    x = torch.rand(3, 7, 7, generator=torch.Generator().manual_seed(2))
+    certs = [certify.Smooth(net, 5, 0.5, input_range=None, noise_thread=flag).certify(
+        x, n_select=50, n_estimate=2000, alpha=0.01, batch_size=bs, seed=4)
+        for bs in (1, 7, 1000) for flag in (False, True)]
+    assert len({(c.label, c.counts, c.counts_select, c.p_lower) for c in certs}) == 1
+
+
+def test_draw_taken_back_from_a_busy_helper_gives_the_same_noise():
+    """When the helper thread has not started the next draw (here: it is held busy), the caller cancels it and
+    draws itself; the stream, and the work queued for the helper, are unchanged."""
+    import threading
+
+    from estimators.sampling import _NoiseBatches, make_generator
+
+    x = torch.rand(3, 7, 7, generator=torch.Generator().manual_seed(1))
+
+    def batches(overlap):
+        out, ran, where = [], [], {}
+        hold = threading.Event()
+        with _NoiseBatches(x, 0.5, 10, 45, make_generator(5, "cpu"), input_dtype=x.dtype, overlap=overlap) as src:
+            draw = src._draw
+
+            def traced(i, before=()):
+                where[i] = threading.current_thread().name
+                return draw(i, before)
+
+            src._draw = traced
+            try:
+                for i in range(len(src.sizes)):
+                    z, batch = src.next()
+                    out.append((z.clone(), batch.clone()))
+                    src.after(lambda i=i: ran.append(i))
+                    if overlap and i == 0:
+                        src.pool.submit(hold.wait)  # the helper is busy from its next job on
+                src.finish()
+            finally:
+                hold.set()
+        return out, ran, where
+
+    ref, ran_ref, _ = batches(False)
+    got, ran_got, where = batches(True)
+    assert ran_ref == ran_got == list(range(5))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(ref, got))
+    assert [where[i] for i in (2, 3, 4)] == [threading.main_thread().name] * 3  # taken back from the helper

@@ -10,7 +10,13 @@ import pytest
 from scipy import stats
 
 from estimators.confidence import clopper_pearson_lower
-from estimators.sequential import beta_binomial_cs, check_schedule, scheduled_clopper_pearson, stop_decision
+from estimators.sequential import (
+    beta_binomial_cs,
+    check_levels,
+    check_schedule,
+    scheduled_clopper_pearson,
+    stop_decision,
+)
 
 
 # ------------------------------------------------------------------------------------------------ known values
@@ -113,6 +119,34 @@ def test_coverage_under_optional_stopping(p, seed):
     lo, up = scheduled_clopper_pearson(k, n[None, :], ALPHA, n_checks=n.size)
     assert _within_budget(int(np.any(lo > p, axis=1).sum()), RUNS, ALPHA)
     assert _within_budget(int(np.any(up < p, axis=1).sum()), RUNS, ALPHA)
+
+
+def test_check_levels_sum_to_alpha_and_keep_the_final_share():
+    assert check_levels(0.01, 4, final_share=0.5).tolist() == pytest.approx([0.00125, 0.00125, 0.00125, 0.00625])
+    assert check_levels(0.01, 4).tolist() == pytest.approx([0.0025] * 4)
+    assert check_levels(0.01, 1, final_share=0.5).tolist() == pytest.approx([0.01])
+    for j in (1, 2, 31, 1000):
+        assert check_levels(0.001, j, final_share=0.5).sum() == pytest.approx(0.001, rel=1e-12)
+    lo_mid, _ = scheduled_clopper_pearson(100, 100, 0.01, n_checks=4, final_share=0.5)
+    lo_end, _ = scheduled_clopper_pearson(100, 100, 0.01, n_checks=4, final_share=0.5, final=True)
+    assert lo_mid == pytest.approx(0.00125 ** (1 / 100), rel=1e-12)
+    assert lo_end == pytest.approx(0.00625 ** (1 / 100), rel=1e-12)
+    for bad in (-0.1, 1.0, float("nan"), "0.5"):
+        with pytest.raises(ValueError, match="final_share"):
+            check_levels(0.01, 4, final_share=bad)
+    with pytest.raises(TypeError, match="final"):
+        scheduled_clopper_pearson(1, 2, 0.1, n_checks=3, final=1)
+
+
+@pytest.mark.parametrize("p, seed", [(0.5, 6), (0.99, 7)])
+def test_coverage_with_half_of_alpha_on_the_last_check(p, seed):
+    # the weighted union bound the sequential certificate uses: every check but the last at (alpha / 2) / J
+    k, n = _paths(p, seed)
+    kw = {"n_checks": n.size, "final_share": 0.5}
+    lo, up = scheduled_clopper_pearson(k[:, :-1], n[None, :-1], ALPHA, **kw)
+    lo_end, up_end = scheduled_clopper_pearson(k[:, -1], n[-1], ALPHA, **kw, final=True)
+    assert _within_budget(int((np.any(lo > p, axis=1) | (lo_end > p)).sum()), RUNS, ALPHA)
+    assert _within_budget(int((np.any(up < p, axis=1) | (up_end < p)).sum()), RUNS, ALPHA)
 
 
 def test_harness_detects_a_naive_bound_rechecked_every_batch():

@@ -89,12 +89,15 @@ def test_fixed_mode_records_n_used():
 
 
 def test_sequential_radius_is_sound_and_below_fixed_budget():
-    # a sequential certificate can never report more than the cap of its own (alpha / J) bound at n_estimate
+    # a sequential certificate can never report more than the cap of its own last-check bound at n_estimate:
+    # level alpha / 2 + alpha / (2 J) there (half of alpha is kept for the last check)
     smooth = Smooth(linear, num_classes=2, sigma=0.25, input_range=None)
     c = smooth.certify(_point(5.0), n_select=10, n_estimate=1000, alpha=0.001, seed=0, sequential=True)
     n_checks = len(check_schedule(1000))
     assert c.n_used == 1000 and c.stop_reason == "exhausted"
-    assert c.p_lower == pytest.approx((0.001 / n_checks) ** (1 / 1000), rel=1e-12)
+    assert c.p_lower == pytest.approx((0.0005 + 0.0005 / n_checks) ** (1 / 1000), rel=1e-12)
+    fixed = smooth.certify(_point(5.0), n_select=10, n_estimate=1000, alpha=0.001, seed=0)
+    assert c.p_lower < fixed.p_lower
 
 
 def test_small_n_estimate_is_one_segment():
@@ -153,5 +156,6 @@ def test_sequential_with_sound_lattice_noise():
     x = torch.full((4,), 200 / 255)
     c = smooth.certify(x, n_select=10, n_estimate=1000, alpha=0.001, seed=0, sequential=True, target_radius=0.25)
     k = c.counts[c.label]
-    cs_lower, _ = scheduled_clopper_pearson(k, c.n_used, 0.001, n_checks=len(check_schedule(1000)))
+    cs_lower, _ = scheduled_clopper_pearson(k, c.n_used, 0.001, n_checks=len(check_schedule(1000)), final_share=0.5,
+                                            final=c.n_used == 1000)
     assert c.sound and c.p_lower == pytest.approx(cs_lower - total_variation(smooth.lattice, 4), abs=1e-15)

@@ -25,6 +25,7 @@ import logging
 
 from certify.commands import _common
 from certify.commands._common import add_model_arguments, add_run_arguments, nonnegative_int, positive_int
+from certify.devices import add_device_argument, device_from_args
 from certify.distributed import ModelSource, add_workers_arguments, workers_from_args
 
 logger = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="rotation fill: 'none' (default, zero padding) or a number in [0, 1] "
                              "(torchvision's masked fill; 0 is RandomRotation's default)")
     add_run_arguments(parser)
+    add_device_argument(parser)
     add_workers_arguments(parser)
 
 
@@ -128,6 +130,7 @@ def run(args) -> int:
 
     _common.check_resume_flags(args)
     workers, ray_address = workers_from_args(args)
+    device = device_from_args(args, remote=ray_address is not None)
     names = [n.strip().lower() for n in args.perturbation.split(",") if n.strip()]
     if not names:
         raise ValueError("--perturbation needs at least one family name; available: "
@@ -145,7 +148,8 @@ def run(args) -> int:
         max_examples=args.max_examples, skip=args.skip, resume=args.resume, overwrite=args.overwrite,
         n_splits=args.n_splits, max_refine=args.max_refine, attack=not args.no_attack, attack_grid=args.attack_grid,
         attack_steps=args.attack_steps, batch_size=args.batch_size, seed=args.seed, baseline=args.baseline,
-        verbose=not args.quiet, workers=workers, ray_address=ray_address, image_batch=args.image_batch,
+        verbose=not args.quiet, workers=workers, ray_address=ray_address, device=device,
+        image_batch=args.image_batch,
         model_source=ModelSource.from_args(args) if workers else None)
     _common.add_to_run_json(out, _common.run_record(args, loaded, dataset))
     summary = report.summary()

@@ -18,6 +18,7 @@ import argparse
 import logging
 
 from certify.commands._common import check_out, set_summary
+from certify.devices import add_device_argument, device_from_args
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of every random step (default 0)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice, normally the number of cores)")
+    add_device_argument(parser)
 
 
 def run(args) -> int:
@@ -42,12 +44,13 @@ def run(args) -> int:
 
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    device = device_from_args(args)
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     check_out(args.out)
-    res = run_study(args.out, quick=args.quick, seed=args.seed, verbose=not args.quiet)
+    res = run_study(args.out, quick=args.quick, seed=args.seed, verbose=not args.quiet, device=device)
     corr = (res.correlation or {}).get("main") or {}
     print(f"study {res.config.name}: {len(res.config.models)} models in {res.wall_time_s:.0f} s "
           f"(compute {res.timings['compute_time_s']:.0f} s)")

@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import math
 
+from certify.devices import add_device_argument, device_from_args
+
 HELP = "robustness transfer: certify a linear head from auto_LiRPA bounds on the representation"
 
 
@@ -37,14 +39,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="PGD steps of the check (0: no attack)")
     parser.add_argument("--batch-size", type=positive_int, default=64)
     add_run_arguments(parser, resume=False)
+    add_device_argument(parser)
 
 
-def attack_check(model, x, y, result, *, steps: int, seed: int) -> dict:
-    """PGD (margin loss for flips, cross-entropy for the loss) on the composed model against the certificates."""
+def attack_check(model, x, y, result, *, steps: int, seed: int, device=None) -> dict:
+    """PGD (margin loss for flips, cross-entropy for the loss) on the composed model against the certificates.
+
+    ``device``: where the model (moved there), the inputs and the random starts' generator are (None: the model's)."""
     import torch
     import torch.nn.functional as F
 
     from certify import attacks
+    from certify.devices import module_device, resolve_device
+
+    dev = resolve_device(device)
+    if dev is None:
+        dev = module_device(model)
+    else:
+        model.to(dev)
+    x, y = x.to(dev), y.to(dev)
 
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"attack steps must be an int >= 1, got {steps!r}")
@@ -52,7 +65,7 @@ def attack_check(model, x, y, result, *, steps: int, seed: int) -> dict:
     if result.eps == 0:
         x_flip = x_ce = x
     else:
-        g = torch.Generator().manual_seed(seed)
+        g = torch.Generator(device=dev).manual_seed(seed)
         x_flip = attacks.pgd(model, x, y, eps=result.eps, norm=result.norm, steps=steps, restarts=2,
                              generator=g, loss="margin")
         x_ce = attacks.pgd(model, x, y, eps=result.eps, norm=result.norm, steps=steps, restarts=2,
@@ -75,6 +88,7 @@ def run(args) -> int:
 
     if not math.isfinite(args.eps) or args.eps < 0:
         raise ValueError(f"--eps: must be a finite number >= 0 (pixel units), got {args.eps}")
+    device = device_from_args(args)
     loaded = load_model(args)
     try:
         encoder, head = transfer.split_model(loaded.model)
@@ -85,11 +99,11 @@ def run(args) -> int:
     n = min(args.max_examples or 100, len(ds))
     x, y = ds.x[:n], ds.y[:n]
     res = transfer.transfer_bounds(encoder, head, x, y, eps=args.eps, norm=args.norm, method=args.method,
-                                   clip=not args.no_clip, batch_size=args.batch_size, name=loaded.stem)
+                                   clip=not args.no_clip, batch_size=args.batch_size, name=loaded.stem, device=device)
     payload = res.to_dict()
     text = res.summary()
     if args.attack_steps > 0:
-        check = attack_check(loaded.model, x, y, res, steps=args.attack_steps, seed=args.seed)
+        check = attack_check(loaded.model, x, y, res, steps=args.attack_steps, seed=args.seed, device=device)
         payload["attack_check"] = check
         text += (f"\n  PGD check ({check['steps']} steps x {check['restarts']} restarts): attack accuracy "
                  f"{check['attack_accuracy']:.4f}; certified examples broken: logit {check['violations_logit']}, "

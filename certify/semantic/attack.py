@@ -1,6 +1,7 @@
 """The nearest-flip search: dense parameter grid, sign-gradient steps on theta, bisection.
 
-Every returned flip was checked with ``perturbation.apply`` + the model (a real counterexample).
+Every returned flip was checked with ``perturbation.apply`` + the model (a real counterexample). Parameter grids
+and steps are tensors on the image's device.
 """
 from __future__ import annotations
 
@@ -46,8 +47,9 @@ def attack_1d(model, perturbation, x, label, lo, hi, *, grid: int, steps: int, b
     """Nearest flips below and above 0 in [lo, hi]: dense grid, sign-gradient steps, bisection.
 
     Returns (flip_lo | None, flip_hi | None); every returned value was checked to flip."""
-    thetas = torch.unique(torch.cat([torch.linspace(lo, hi, grid, dtype=torch.float64),
-                                     torch.zeros(1, dtype=torch.float64)]))
+    dev = x.device
+    thetas = torch.unique(torch.cat([torch.linspace(lo, hi, grid, dtype=torch.float64, device=dev),
+                                     torch.zeros(1, dtype=torch.float64, device=dev)]))
     margins, preds = _margin_batch(model, perturbation, x, thetas.unsqueeze(1), label, batch)
     flips = preds != label
     result = {}
@@ -85,8 +87,8 @@ def attack_1d(model, perturbation, x, label, lo, hi, *, grid: int, steps: int, b
             a, b = (float(safe.max()) if safe.numel() else 0.0), best
             for _ in range(steps):
                 mid = (a + b) / 2
-                _, pr = _margin_batch(model, perturbation, x, torch.tensor([[mid * sign]], dtype=torch.float64),
-                                      label, batch)
+                mid_t = torch.tensor([[mid * sign]], dtype=torch.float64, device=dev)
+                _, pr = _margin_batch(model, perturbation, x, mid_t, label, batch)
                 if int(pr[0]) != label:
                     b = mid
                 else:
@@ -98,7 +100,7 @@ def attack_1d(model, perturbation, x, label, lo, hi, *, grid: int, steps: int, b
 
 def _scale_of(theta: torch.Tensor, ranges: tuple) -> torch.Tensor:
     """Smallest s with theta in the box s * ranges (per row)."""
-    s = torch.zeros(theta.shape[0], dtype=torch.float64)
+    s = torch.zeros(theta.shape[0], dtype=torch.float64, device=theta.device)
     for i, (lo_i, hi_i) in enumerate(ranges):
         t = theta[:, i]
         pos = torch.where(t > 0, t / hi_i if hi_i > 0 else torch.full_like(t, math.inf), torch.zeros_like(t))
@@ -110,7 +112,9 @@ def _scale_of(theta: torch.Tensor, ranges: tuple) -> torch.Tensor:
 def attack_2d(model, perturbation, x, label, ranges, *, grid: int, steps: int, batch: int):
     """Smallest-scale flip in the box ``ranges``: grid, sign-gradient steps, bisection along the ray."""
     g = max(3, int(math.ceil(math.sqrt(grid))))
-    axes = [torch.unique(torch.cat([torch.linspace(a, b, g, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)]))
+    dev = x.device
+    axes = [torch.unique(torch.cat([torch.linspace(a, b, g, dtype=torch.float64, device=dev),
+                                    torch.zeros(1, dtype=torch.float64, device=dev)]))
             for a, b in ranges]
     thetas = torch.cartesian_prod(*axes)
     margins, preds = _margin_batch(model, perturbation, x, thetas, label, batch)
@@ -125,8 +129,8 @@ def attack_2d(model, perturbation, x, label, ranges, *, grid: int, steps: int, b
         ok = scales < lim
         if ok.any():
             t = thetas[ok][torch.argsort(margins[ok])[:_GRAD_STARTS]].clone()
-            lo_b = torch.tensor([a for a, _ in ranges], dtype=torch.float64)
-            hi_b = torch.tensor([b for _, b in ranges], dtype=torch.float64)
+            lo_b = torch.tensor([a for a, _ in ranges], dtype=torch.float64, device=dev)
+            hi_b = torch.tensor([b for _, b in ranges], dtype=torch.float64, device=dev)
             step = (hi_b - lo_b) / max(g - 1, 1) * 2.0
             n_grad = min(steps, _GRAD_STEPS)
             for it in range(n_grad):

@@ -30,6 +30,7 @@ from torch import nn
 from certify import lirpa
 from certify._checks import check_float, check_int
 from certify._modes import eval_mode
+from certify.devices import module_device
 
 from .bounds import _needed_columns
 from .certificate import SemanticCertificate, tightness_1d
@@ -41,6 +42,8 @@ __all__ = ["verify_semantic_batch", "batchable", "run_batched"]
 
 logger = logging.getLogger(__name__)
 
+# verification in batches runs on the CPU
+_CPU = torch.device("cpu")
 # rows per bound call are padded to a multiple of this (auto_LiRPA traces MaxPool models once per batch size)
 _ROWS = 8
 _SHARED = ("unit_w", "rows", "cols", "vals", "out_bias")
@@ -68,8 +71,8 @@ def batchable(perturbation: Any, image_shape: Sequence[int]) -> bool:
     if perturbation.kind == "box":
         return True
     n = math.prod(image_shape)
-    probes = [torch.full(tuple(image_shape), 0.25, dtype=torch.float64),
-              torch.linspace(0.0, 1.0, n, dtype=torch.float64).reshape(tuple(image_shape))]
+    probes = [torch.full(tuple(image_shape), 0.25, dtype=torch.float64, device=_CPU),
+              torch.linspace(0.0, 1.0, n, dtype=torch.float64, device=_CPU).reshape(tuple(image_shape))]
     try:
         perturbation.check_input(probes[0].float())
     except (TypeError, ValueError):
@@ -85,7 +88,7 @@ class _SharedLayerNet(nn.Module):
         unit_w = spec["unit_w"]
         n_units, k = unit_w.shape
         n_out = math.prod(image_shape)
-        weight = torch.zeros(n_out, n_units, dtype=torch.float64)
+        weight = torch.zeros(n_out, n_units, dtype=torch.float64, device=_CPU)
         weight.index_put_((spec["rows"].long(), spec["cols"].long()), spec["vals"].double(), accumulate=True)
         self.hidden = nn.Linear(k, n_units)        # zero bias (a bias-free Linear is traced as Transpose + MatMul)
         self.out = nn.Linear(n_units, n_out)
@@ -151,8 +154,8 @@ class _LayerBatchBounder(_RowsBounder):
         super().__init__(num_classes, margin_tol=margin_tol, rows_per_call=rows_per_call)
         self.net = _SharedLayerNet(spec, image_shape, model).eval()
         k = len(perturbation.param_names)
-        self.cnet = lirpa.bounded_module(self.net, torch.zeros(_ROWS, k),
-                                         constants=(torch.zeros(_ROWS, spec["unit_c"].numel()),))
+        self.cnet = lirpa.bounded_module(self.net, torch.zeros(_ROWS, k, device=_CPU),
+                                         constants=(torch.zeros(_ROWS, spec["unit_c"].numel(), device=_CPU),))
         self.method = "forward+backward"
 
     def _bound(self, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, img_of: torch.Tensor, imgs: list,
@@ -182,11 +185,11 @@ class _BoxBatchBounder(_RowsBounder):
                  margin_tol: float, rows_per_call: int):
         super().__init__(num_classes, margin_tol=margin_tol, rows_per_call=rows_per_call)
         self.p = perturbation
-        self.mnet = lirpa.bounded_module(model, torch.zeros(1, *image_shape))
+        self.mnet = lirpa.bounded_module(model, torch.zeros(1, *image_shape, device=_CPU))
 
     def _bound(self, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, img_of: torch.Tensor, imgs: list,
                specs: list) -> torch.Tensor:
-        pl = torch.empty(lo.shape[0], *imgs[0].shape)
+        pl = torch.empty(lo.shape[0], *imgs[0].shape, device=_CPU)
         pu = torch.empty_like(pl)
         for i in torch.unique(img_of).tolist():
             rows = (img_of == i).nonzero().flatten()
@@ -210,6 +213,9 @@ def verify_semantic_batch(model: nn.Module, xs: Sequence[torch.Tensor] | torch.T
     """
     t0 = time.perf_counter()
     check_model(model)
+    if module_device(model).type != "cpu":
+        raise ValueError(f"verify_semantic_batch runs on the CPU; the model is on {module_device(model)} "
+                         "(move it with model.cpu(), or use verify_semantic)")
     check_perturbation(perturbation)
     opts = _options(perturbation, n_splits, max_refine, attack_grid, attack_steps, batch_size, margin_tol, seed)
     if not isinstance(attack, bool):
@@ -286,10 +292,11 @@ def _certify_all(bounder: _RowsBounder, imgs: list, specs: list, labels: list, p
         counts = [requests[i][0].shape[0] for i in order]
         lo_t = torch.cat([requests[i][0] for i in order])
         hi_t = torch.cat([requests[i][1] for i in order])
-        known = torch.cat([torch.full((n, k1), -float("inf")) if requests[i][2] is None else requests[i][2]
-                           for i, n in zip(order, counts)])
-        img_of = torch.repeat_interleave(torch.tensor(order), torch.tensor(counts))
-        per_class = bounder.class_margins(lo_t, hi_t, known, torch.tensor(labels)[img_of], img_of, imgs, specs)
+        known = torch.cat([torch.full((n, k1), -float("inf"), device=_CPU) if requests[i][2] is None
+                           else requests[i][2] for i, n in zip(order, counts)])
+        img_of = torch.repeat_interleave(torch.tensor(order, device=_CPU), torch.tensor(counts, device=_CPU))
+        per_class = bounder.class_margins(lo_t, hi_t, known, torch.tensor(labels, device=_CPU)[img_of], img_of,
+                                          imgs, specs)
         for i, part in zip(order, per_class.split(counts)):
             try:
                 requests[i] = gens[i].send(part)
@@ -355,9 +362,9 @@ def _margins_rows(model: nn.Module, perturbation: Any, imgs: list, labels: torch
     ths = [t.detach().to(imgs[0].dtype).requires_grad_(grad) for t in thetas]
     with torch.enable_grad() if grad else torch.no_grad():
         logits = model(torch.cat([perturbation.apply(x, t) for x, t in zip(imgs, ths)]))
-        lab = torch.repeat_interleave(labels, torch.tensor([t.shape[0] for t in ths]))
+        lab = torch.repeat_interleave(labels, torch.tensor([t.shape[0] for t in ths], device=_CPU))
         other = logits.clone()
-        other[torch.arange(lab.numel()), lab] = -float("inf")
+        other[torch.arange(lab.numel(), device=_CPU), lab] = -float("inf")
         margin = logits.gather(1, lab.unsqueeze(1))[:, 0] - other.max(dim=1).values
         grads = list(torch.autograd.grad(margin.sum(), ths)) if grad else []
     return margin.detach(), logits.argmax(dim=1) != lab, [g.detach().double() for g in grads]
@@ -371,9 +378,9 @@ def attack_1d_batch(model: nn.Module, perturbation: Any, imgs: list, labels: lis
     per image; every returned value was checked to flip (the model's argmax differs from the label)."""
     from .attack import _GRAD_STARTS, _GRAD_STEPS
 
-    thetas = torch.unique(torch.cat([torch.linspace(lo, hi, grid, dtype=torch.float64),
-                                     torch.zeros(1, dtype=torch.float64)]))
-    labels_t = torch.tensor(labels)
+    thetas = torch.unique(torch.cat([torch.linspace(lo, hi, grid, dtype=torch.float64, device=_CPU),
+                                     torch.zeros(1, dtype=torch.float64, device=_CPU)]))
+    labels_t = torch.tensor(labels, device=_CPU)
     per_call = max(1, batch // thetas.numel())
     margins, flips = [], []
     for s0 in range(0, len(imgs), per_call):
@@ -428,8 +435,9 @@ def _bisect(model: nn.Module, perturbation: Any, imgs: list, labels_t: torch.Ten
         ab.append([float(safe.max()) if safe.numel() else 0.0, t[3]])
     for _ in range(steps):
         mids = [(a + b) / 2 for a, b in ab]
-        _, flipped, _ = _margins_rows(model, perturbation, [imgs[t[0]] for t in tasks], labels_t[[t[0] for t in tasks]],
-                                      [torch.tensor([[m * t[1]]], dtype=torch.float64) for m, t in zip(mids, tasks)])
+        thetas = [torch.tensor([[m * t[1]]], dtype=torch.float64, device=_CPU) for m, t in zip(mids, tasks)]
+        _, flipped, _ = _margins_rows(model, perturbation, [imgs[t[0]] for t in tasks],
+                                      labels_t[[t[0] for t in tasks]], thetas)
         for k, (m, f) in enumerate(zip(mids, flipped.tolist())):
             ab[k][1 if f else 0] = m
     for t, (_, b) in zip(tasks, ab):

@@ -8,6 +8,10 @@ is rebuilt on the union of their boxes (ReLUs linear there are folded away) and 
 bounds are passed to the composed bound as reference bounds; the larger margin lower bound is used.
 Kind ``"box"`` families (rotation) and the l-inf baselines: the model over the per-pixel box of each piece
 (method "crown": CROWN-IBP, i.e. IBP intermediate bounds and a CROWN pass for the margins).
+
+Everything runs on the image's device (``x.device``, where :func:`~certify.semantic.verify_semantic` put the
+model too): parameter boxes, pixel boxes, margin specifications and the auto_LiRPA wrappers. The exact semantic
+layer of a box is assembled on the CPU in float64 (its ReLU expansion) and moved to the device.
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ class _Bounder:
                  margin_tol: float, model_net: lirpa.BoundedNet | None = None):
         self.model = model
         self.x = x
+        self.device = x.device
         self.label = label
         self.num_classes = num_classes
         self.p = perturbation
@@ -65,9 +70,11 @@ class _Bounder:
 
         if self._spec is None:
             dlo, dhi = self.p.domain_tensors()
-            self._spec = self.p._layer_spec(self.x.double(), dlo, dhi)
-        return build_relu_layer(**self._spec, domain_lo=lo.double(), domain_hi=hi.double(),
-                                image_shape=tuple(self.x.shape), dtype=torch.float32)
+            self._spec = self.p._layer_spec(self.x.detach().cpu().double(), dlo, dhi)
+        layer = build_relu_layer(**self._spec, domain_lo=lo.detach().cpu().double(),
+                                 domain_hi=hi.detach().cpu().double(), image_shape=tuple(self.x.shape),
+                                 dtype=torch.float32)
+        return layer.to(self.device)
 
     def _pixel_box(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pl, pu = self.p.pixel_bounds(self.x, lo.double(), hi.double())
@@ -100,7 +107,8 @@ class _Bounder:
         smallest margin at theta = 0 is bounded first; the other classes only for the rows it verifies (a row
         it does not verify fails whatever the others give; their bounds stay -inf, a trivial lower bound)."""
         S, k1 = lo.shape[0], self.num_classes - 1
-        out = torch.full((S, k1), -float("inf")) if known is None else known.detach().float().clone()
+        out = torch.full((S, k1), -float("inf"), device=self.device) if known is None else \
+            known.detach().float().clone()
         if tuple(out.shape) != (S, k1):
             raise ValueError(f"known must have shape {(S, k1)}; got {tuple(out.shape)}")
         need = out <= self.margin_tol
@@ -116,7 +124,7 @@ class _Bounder:
         """Column (other-class index) of the smallest margin of the clean image."""
         with torch.no_grad():
             z = self.model(self.x.unsqueeze(0))[0]
-        others = lirpa.other_classes(torch.tensor([self.label]), self.num_classes)[0]
+        others = lirpa.other_classes(torch.tensor([self.label], device=z.device), self.num_classes)[0]
         return int(torch.argmin(z[self.label] - z[others]))
 
     def _bound_needed(self, out: torch.Tensor, need: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> None:
@@ -124,7 +132,7 @@ class _Bounder:
         Pixel-box rows are grouped by their number of needed classes (no padded specifications); the composed
         network's rows stay in one call (its cost is dominated by the call, not by the specifications)."""
         counts = need.sum(dim=1)
-        full = lirpa.margin_spec(self.label, self.num_classes)[0]          # (K-1, K)
+        full = lirpa.margin_spec(torch.tensor([self.label], device=self.device), self.num_classes)[0]   # (K-1, K)
         if self.baseline is None and self.p.kind == "layer":
             groups = [(counts > 0).nonzero().flatten()]
         else:
@@ -230,5 +238,5 @@ def _needed_columns(need: torch.Tensor) -> torch.Tensor:
     counts = need.sum(dim=1)
     w = int(counts.max())
     order = torch.argsort((~need).to(torch.int8), dim=1, stable=True)[:, :w]   # needed columns first
-    pos = torch.arange(w).unsqueeze(0).expand(need.shape[0], w)
+    pos = torch.arange(w, device=need.device).unsqueeze(0).expand(need.shape[0], w)
     return torch.where(pos < counts.unsqueeze(1), order, order[:, :1])

@@ -131,7 +131,7 @@ def picture_grid(self: SemanticReport, path: str | os.PathLike, dataset: Any,
                 panels.append(("flip", [float(rows[0]["attack_hi"])]))
         images = []
         for title, theta in panels:
-            th = torch.tensor([theta], dtype=torch.float64)
+            th = torch.tensor([theta], dtype=torch.float64, device=x.device)
             img = p.apply(x.float(), th.float())[0]
             unit = str(rows[0]["units"]).split(" ")[0]
             caption = f"{title}\n" + ", ".join(f"{t:.3g}" for t in theta) + (f" {unit}" if k == 1 else "")

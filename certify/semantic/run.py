@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
 from torch import nn
 
 from certify import lirpa
 from certify._checks import check_bool, check_float, check_int
 from certify._jsonio import atomic_write_json, atomic_write_text, jsonable
 from certify._progress import progress
+from certify.devices import module_device, resolve_device
 from certify.rundir import dataset_fingerprint, model_fingerprint, open_run
 
 from .inputs import check_baseline, check_method, check_model, check_perturbation, resolve_range
@@ -73,7 +75,8 @@ def semantic_report(model: nn.Module, dataset: Any, perturbations: Sequence[Any]
                     batch_size: int = 32, seed: int = 0, baseline: str | None = None,
                     margin_tol: float = 1e-4, alpha_iterations: int = 20, plots: bool = True,
                     verbose: bool = True, workers: int | None = None, ray_address: str | None = None,
-                    model_source: Any = None, image_batch: int = 1) -> SemanticReport:
+                    model_source: Any = None, device: str | torch.device | None = None,
+                    image_batch: int = 1) -> SemanticReport:
     """Run :func:`verify_semantic` on dataset examples 0, skip, 2 skip, ... for every perturbation.
 
     Rows (:data:`ROW_COLUMNS`) are appended to ``out/rows.tsv`` as they are produced. ``resume=True``
@@ -94,13 +97,19 @@ def semantic_report(model: nn.Module, dataset: Any, perturbations: Sequence[Any]
     ``ray_address`` and ``model_source`` as in :func:`certify.runs.certify_dataset`); the driver alone writes
     the rows, in the same order, so ``rows.tsv`` is the same (apart from ``time``) as without workers.
 
-    ``image_batch=N > 1`` (without workers) verifies N images at a time in shared bound calls
+    ``device`` as in :func:`verify_semantic` (``"cpu"``, ``"cuda"``, ``"auto"``, a ``torch.device``; None: the
+    model's device). With workers every Ray actor runs there (with ``"cuda"`` each requests a GPU); with a remote
+    ``ray_address`` the text ``"cuda"`` is checked by the workers, not on this machine.
+
+    ``image_batch=N > 1`` (without workers, on the CPU) verifies N images at a time in shared bound calls
     (:func:`certify.semantic.batch.verify_semantic_batch`) for the families it supports (:func:`batchable`: one
-    parameter, a layer whose structure does not depend on the image, e.g. brightness; method "crown", no
-    baseline); the other families are verified one image at a time as with ``image_batch=1``. Rows are
-    written in the same order; the value is part of the run's settings.
+    parameter, kind "box" (rotation) or a layer whose structure does not depend on the image, e.g. brightness;
+    method "crown", no baseline); the other families are verified one image at a time as with
+    ``image_batch=1``. Rows are written in the same order; the value is part of the run's settings.
     """
     check_model(model)
+    remote_cuda = ray_address is not None and isinstance(device, str) and device.strip().lower() == "cuda"
+    dev = None if remote_cuda else resolve_device(device)
     perturbations = _check_perturbations(perturbations)
     if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
         raise TypeError("dataset must support len() and ds[i] -> (x, y)")
@@ -133,10 +142,21 @@ def semantic_report(model: nn.Module, dataset: Any, perturbations: Sequence[Any]
     if overwrite and resume:
         raise ValueError("overwrite=True deletes the rows already in out: use it with resume=False")
     _check_images(perturbations, dataset)
-    model_net = lirpa.bounded_module(model, dataset[0][0].float().unsqueeze(0))   # unsupported operators fail here
+    run_dev = dev if dev is not None else module_device(model)
+    if image_batch > 1 and run_dev.type != "cpu":
+        raise ValueError(f"image_batch > 1 runs on the CPU; got device {run_dev} (use device='cpu' or image_batch=1)")
+    if dev is not None and parallel is None:
+        model.to(dev)
+    # the device of the rows: this process's, or (with workers) the type each actor runs on
+    job_device = str(module_device(model)) if parallel is None else \
+        ("cuda" if remote_cuda else (dev if dev is not None else module_device(model)).type)
+    # unsupported operators fail here (with workers only this check runs on the driver, where the model is)
+    model_net = lirpa.bounded_module(model, dataset[0][0].float().unsqueeze(0).to(module_device(model)))
     ranges = {p.name: resolve_range(p, max_param) for p in perturbations}
     indices = list(range(0, len(dataset), opts["skip"]))[:opts["max_examples"]]
-    settings = _settings(model, dataset, perturbations, ranges, opts)
+    # the device type is part of the settings: a resumed run never mixes rows computed on different devices
+    settings = {**_settings(model, dataset, perturbations, ranges, opts),
+                "device_type": torch.device(job_device).type}
     n_params = {p.name: len(p.param_names) for p in perturbations}
     preamble = [f"{PREAMBLE_TAG} {json.dumps(jsonable(settings), sort_keys=True)}"]
     match = [k for k in settings if k != "max_examples"]
@@ -147,7 +167,7 @@ def semantic_report(model: nn.Module, dataset: Any, perturbations: Sequence[Any]
         logger.info("semantic report: %d examples x %d families, %d to do (%d done)", len(indices),
                     len(perturbations), len(todo), len(done))
         job = SemanticJob(perturbations={p.name: p for p in perturbations}, ranges=ranges, opts=opts,
-                          batch_size=batch_size, example_input=dataset[0][0])
+                          batch_size=batch_size, example_input=dataset[0][0], device=job_device)
         units = [(i, p.name) for i, p in todo]
         with progress(total=len(todo), desc="semantic", unit="cert", enabled=verbose) as bar:
             if parallel is not None and units:
@@ -164,7 +184,7 @@ def semantic_report(model: nn.Module, dataset: Any, perturbations: Sequence[Any]
 
                 run_on_ray(model=model, source=parallel["source"], job=job, units=units, example=lambda u: u[0],
                            dataset=dataset, emit=emit, workers=parallel["workers"],
-                           ray_address=parallel["ray_address"])
+                           ray_address=parallel["ray_address"], device=job_device)
             elif image_batch > 1:
                 for rows in run_batched(job, model, model_net, dataset, units, image_batch):
                     run.append(*rows)
@@ -195,10 +215,13 @@ class SemanticJob:
     opts: dict
     batch_size: int
     example_input: Any
+    device: str = "cpu"
 
     def prepare(self, model: nn.Module) -> tuple[nn.Module, Any]:
-        """Per worker, once: the model and its auto_LiRPA bounded module."""
-        return model, lirpa.bounded_module(model, self.example_input.float().unsqueeze(0))
+        """Per worker, once: the model moved to ``device`` and its auto_LiRPA bounded module there."""
+        dev = resolve_device(self.device)
+        model.to(dev)
+        return model, lirpa.bounded_module(model, self.example_input.float().unsqueeze(0).to(dev))
 
     def run(self, state: tuple[nn.Module, Any], unit: tuple[int, str], x: Any, label: int) -> list[dict]:
         model, model_net = state
@@ -210,7 +233,7 @@ class SemanticJob:
                                attack_grid=opts["attack_grid"], attack_steps=opts["attack_steps"],
                                batch_size=self.batch_size, seed=opts["seed"], baseline=opts["baseline"],
                                margin_tol=opts["margin_tol"], alpha_iterations=opts["alpha_iterations"],
-                               _model_net=model_net)
+                               device=self.device, _model_net=model_net)
         return rows_from_certificate(idx, cert)
 
 

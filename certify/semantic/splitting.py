@@ -1,5 +1,8 @@
 """Adaptive splitting of the parameter range: the largest interval (k = 1) or box scale (k = 2) around 0
-whose pieces all verify, bisecting failing pieces up to ``max_refine`` times."""
+whose pieces all verify, bisecting failing pieces up to ``max_refine`` times.
+
+Piece edges are Python floats (computed on the CPU, so they are the same on every device); the boxes handed to
+the bounder are tensors on its device."""
 from __future__ import annotations
 
 from typing import Generator
@@ -13,12 +16,16 @@ def certify_1d(bounder: _Bounder, lo: float, hi: float, *, n_splits: int, max_re
                tol: float, pieces: list) -> tuple[float, float, int]:
     """Largest [c_lo, c_hi] around 0 inside [lo, hi] whose pieces verify; returns (c_lo, c_hi, n_refined).
 
-    Drives :func:`certify_1d_steps`, bounding each round's new pieces with ``bounder`` in one call."""
+    Drives :func:`certify_1d_steps`, bounding each round's new pieces with ``bounder`` in one call (on its
+    device; the splitting itself stays on the CPU)."""
     steps = certify_1d_steps(lo, hi, n_splits=n_splits, max_refine=max_refine, tol=tol, pieces=pieces)
+    dev = bounder.device
     try:
         request = next(steps)
         while True:
-            request = steps.send(bounder.class_margins(*request))
+            b_lo, b_hi, known = request
+            per_class = bounder.class_margins(b_lo.to(dev), b_hi.to(dev), None if known is None else known.to(dev))
+            request = steps.send(per_class.cpu())
     except StopIteration as done:
         return done.value
 
@@ -98,12 +105,12 @@ def _cut(piece: list, max_refine: int) -> list:
 
 
 def _request(side: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    lo = torch.tensor([[min(p[0], p[1])] for p in side], dtype=torch.float64)
-    hi = torch.tensor([[max(p[0], p[1])] for p in side], dtype=torch.float64)
+    lo = torch.tensor([[min(p[0], p[1])] for p in side], dtype=torch.float64, device="cpu")
+    hi = torch.tensor([[max(p[0], p[1])] for p in side], dtype=torch.float64, device="cpu")
     if all(p[4] is None for p in side):
         return lo, hi, None
     k1 = next(p[4] for p in side if p[4] is not None).numel()
-    known = torch.stack([torch.full((k1,), -float("inf")) if p[4] is None else p[4] for p in side])
+    known = torch.stack([torch.full((k1,), -float("inf"), device="cpu") if p[4] is None else p[4] for p in side])
     return lo, hi, known
 
 
@@ -191,8 +198,8 @@ def _quarter(lo: tuple, hi: tuple) -> list[tuple[tuple, tuple]]:
 
 
 def _bound_cells(bounder: _Bounder, cells: list, pieces: list) -> list[float]:
-    lo = torch.tensor([c[0] for c in cells], dtype=torch.float64)
-    hi = torch.tensor([c[1] for c in cells], dtype=torch.float64)
+    lo = torch.tensor([c[0] for c in cells], dtype=torch.float64, device=bounder.device)
+    hi = torch.tensor([c[1] for c in cells], dtype=torch.float64, device=bounder.device)
     lb = bounder.margins(lo, hi).tolist()
     for (a, b), v in zip(cells, lb):
         pieces.append((tuple(a), tuple(b), float(v)))

@@ -16,6 +16,7 @@ from torch import nn
 from certify import lirpa
 from certify._checks import check_bool, check_float, check_int
 from certify._modes import eval_mode
+from certify.devices import module_device, resolve_device
 
 from .attack import attack_1d, attack_2d
 from .bounds import _Bounder
@@ -35,8 +36,8 @@ def verify_semantic(model: nn.Module, x: torch.Tensor, label: int, perturbation:
                     max_refine: int | None = None, attack: bool = True, attack_grid: int = 201,
                     attack_steps: int = 20, batch_size: int = 32, seed: int = 0,
                     baseline: str | None = None, margin_tol: float = 1e-4,
-                    alpha_iterations: int = 20, _model_net: lirpa.BoundedNet | None = None
-                    ) -> SemanticCertificate:
+                    alpha_iterations: int = 20, device: str | torch.device | None = None,
+                    _model_net: lirpa.BoundedNet | None = None) -> SemanticCertificate:
     """Certify that ``perturbation`` with any parameter in the certified range keeps ``label``.
 
     Args:
@@ -67,11 +68,16 @@ def verify_semantic(model: nn.Module, x: torch.Tensor, label: int, perturbation:
             see the module docstring).
         margin_tol: a box verifies when every margin lower bound exceeds this (logits).
         alpha_iterations: optimisation steps of "alpha-crown".
+        device: where the model, the image, the parameter boxes and the bounds live: ``"cpu"``, ``"cuda"``,
+            ``"auto"`` or a ``torch.device`` (:func:`certify.devices.resolve_device`); the model is moved there
+            (``model.to(device)``). None (default): the model's device (its first parameter; the CPU without
+            one). The certificate holds Python floats whatever the device.
 
     Returns:
         :class:`SemanticCertificate`.
     """
     t0 = time.perf_counter()
+    dev = resolve_device(device)
     check_model(model)
     check_perturbation(perturbation)
     opts = _Options(
@@ -85,6 +91,11 @@ def verify_semantic(model: nn.Module, x: torch.Tensor, label: int, perturbation:
         margin_tol=check_float("margin_tol", margin_tol, low=0.0), seed=check_int("seed", seed, 0))
     img = image_of(perturbation, x)
     ranges = resolve_range(perturbation, max_param)
+    if dev is None:
+        dev = module_device(model)
+    else:
+        model.to(dev)
+    img = img.to(dev)
     with eval_mode(model):
         logits = logits_of(model, img)
         num_classes = int(logits.shape[1])
@@ -93,8 +104,8 @@ def verify_semantic(model: nn.Module, x: torch.Tensor, label: int, perturbation:
         bounder = _Bounder(model, img, label, num_classes, perturbation, method=opts.method, baseline=opts.baseline,
                            batch_size=opts.batch_size, alpha_iterations=opts.alpha_iterations,
                            margin_tol=opts.margin_tol, model_net=_model_net)
-        bounder.range_lo = torch.tensor([a for a, _ in ranges], dtype=torch.float64)
-        bounder.range_hi = torch.tensor([b for _, b in ranges], dtype=torch.float64)
+        bounder.range_lo = torch.tensor([a for a, _ in ranges], dtype=torch.float64, device=dev)
+        bounder.range_hi = torch.tensor([b for _, b in ranges], dtype=torch.float64, device=dev)
         path = _verify_1d if len(ranges) == 1 else _verify_2d
         found = path(model, img, label, perturbation, ranges, bounder, opts, clean_correct=predicted == label)
     return SemanticCertificate(

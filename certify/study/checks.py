@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from certify._modes import eval_mode
+from certify.devices import module_device, resolve_device
 from certify.study.results import ConsistencySummary, ModelStages
 
 __all__ = ["smoothing_consistency", "semantic_consistency", "grid_check_semantic", "rank_correlation",
@@ -178,16 +179,24 @@ def _isnan(v: Any) -> bool:
 
 def grid_check_semantic(model: nn.Module, x: torch.Tensor, label: int, perturbation: Any,
                         certified: tuple[float, float], *, points: int = 201,
-                        batch_size: int = 256) -> dict:
+                        batch_size: int = 256, device: str | torch.device | None = None) -> dict:
     """Independent check of one semantic certificate: evaluate the model on ``points`` evenly spaced
     parameters covering the certified range (both ends included) with ``perturbation.apply`` and
     report any parameter whose image is not classified as ``label``.
 
+    ``device``: where the model (moved there), the image and the parameters are (None: the model's device).
+
     Returns ``{"checked": k, "flips": [theta, ...]}`` (any flip contradicts the certificate).
     """
+    dev = resolve_device(device)
+    if dev is None:
+        dev = module_device(model)
+    else:
+        model.to(dev)
+    x = x.to(dev)
     lo, hi = float(certified[0]), float(certified[1])
-    thetas = torch.linspace(lo, hi, points, dtype=torch.float64)
-    thetas = torch.unique(torch.cat([thetas, torch.zeros(1, dtype=torch.float64)]))
+    thetas = torch.linspace(lo, hi, points, dtype=torch.float64, device=dev)
+    thetas = torch.unique(torch.cat([thetas, torch.zeros(1, dtype=torch.float64, device=dev)]))
     flips: list[float] = []
     with eval_mode(model), torch.no_grad():
         for s in range(0, thetas.numel(), batch_size):

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import torch
 from torch import nn
 
 from certify.study.cache import CheckpointStore, StageCache
@@ -21,10 +22,12 @@ __all__ = ["StudyContext"]
 class StudyContext:
     """Configuration, lazily loaded data, the models and what every stage returned so far."""
 
-    def __init__(self, out: Path, config: StudyConfig, verbose: bool):
+    def __init__(self, out: Path, config: StudyConfig, verbose: bool, device: torch.device | None = None):
         self.out = Path(out)
         self.config = config
         self.verbose = verbose
+        # where every model runs (None: where it was loaded, the CPU); stage caches do not depend on it
+        self.device = device
         self.cache = StageCache(self.out)
         self.checkpoints = CheckpointStore(self.out)
         self.timings: dict[str, dict[str, StageTime]] = {m.name: {} for m in config.models}
@@ -49,6 +52,10 @@ class StudyContext:
     @property
     def train(self) -> Any:
         return self._split("train")
+
+    def on_device(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` on the study's device (unchanged when it has none)."""
+        return t if self.device is None else t.to(self.device)
 
     def skip(self, n: int) -> int:
         """The test-index step of a stage on ``n`` evenly spaced test images."""

@@ -15,6 +15,7 @@ import torch
 
 from certify._checks import check_bool, check_int
 from certify._jsonio import atomic_write_json, atomic_write_text
+from certify.devices import resolve_device
 from certify.study import hidden_cost_stage, semantic_stage, stages, transfer_stage
 from certify.study import models as _models
 from certify.study.cache import loadavg, record_invocation
@@ -46,8 +47,8 @@ class _Run(StudyContext):
     run_semantic = semantic_stage.run_semantic
     run_semantic_grid = semantic_stage.run_semantic_grid
 
-    def __init__(self, out: Path, config: StudyConfig, verbose: bool):
-        super().__init__(out, config, verbose)
+    def __init__(self, out: Path, config: StudyConfig, verbose: bool, device: torch.device | None = None):
+        super().__init__(out, config, verbose, device)
         self.started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         # unique even for two invocations of one process within the same second (a fully cached re-run)
         self.invocation_id = f"{self.started}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -154,7 +155,7 @@ def _run_phases(run: _Run) -> None:
 
 
 def run_study(out: str | os.PathLike, *, quick: bool = False, seed: int = 0, verbose: bool = True,
-              config: StudyConfig | None = None) -> StudyResult:
+              config: StudyConfig | None = None, device: str | torch.device | None = None) -> StudyResult:
     """Run (or resume) the study into ``out`` and write report.md, results.json and plots.
 
     Args:
@@ -163,18 +164,23 @@ def run_study(out: str | os.PathLike, *, quick: bool = False, seed: int = 0, ver
         seed: seed of every random step (ignored when ``config`` is given; set ``config.seed``).
         verbose: progress bars (on a TTY) and INFO logs.
         config: a custom :class:`StudyConfig` (tests use tiny ones on the digits data).
+        device: where every model is trained, attacked, smoothed, bounded and probed: ``"cpu"``, ``"cuda"``,
+            ``"auto"`` or a ``torch.device`` (:func:`certify.devices.resolve_device`); None (default): the CPU,
+            where models are loaded. Stage caches are keyed by settings, not by device: a finished stage is
+            reused on any device (smoothing noise, and so its certificates, differ between device types).
 
     Returns:
         :class:`StudyResult`. Consistency violations (a certificate contradicted by an attack beyond the
         alpha allowance) are logged as errors and reported in report.md / results.json
         (``result.consistency["violations"]``); they never stop the study.
     """
+    dev = resolve_device(device)
     config = _config(quick, seed, config)
     check_bool("verbose", verbose)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", config.to_dict())
-    run = _Run(out, config, verbose)
+    run = _Run(out, config, verbose, dev)
     logger.info("study %r into %s: %d models", config.name, out, len(config.models))
     try:
         _run_phases(run)

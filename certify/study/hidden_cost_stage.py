@@ -52,7 +52,8 @@ def run_hidden_cost(ctx: StudyContext, spec: ModelSpec) -> HiddenCostResult | No
     def compute() -> HiddenCostResult:
         sweep = sigma_sweep({spec.name: ctx.models[spec.name]}, ctx.test.x[idx], ctx.test.y[idx],
                             num_classes=ctx.test.num_classes, sigmas=settings["sigmas"], n=settings["n_estimate"],
-                            alpha=settings["alpha"], batch_size=settings["batch_size"], seed=settings["seed"])
+                            alpha=settings["alpha"], batch_size=settings["batch_size"], seed=settings["seed"],
+                            device=ctx.device)
         return from_sweep(sweep, idx_skip=ctx.skip(len(idx)))
 
     res = ctx.stage(spec.name, "hidden_cost", settings, compute)

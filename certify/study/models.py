@@ -63,7 +63,8 @@ def _train(ctx: StudyContext, spec: ModelSpec) -> tuple[nn.Module, dict, float]:
     # a copy of the weights: training must never change the model it starts from (still evaluated itself)
     init = copy.deepcopy(ctx.models[spec.init].state_dict()) if spec.init else None
     t0 = time.perf_counter()
-    res = training.train(ctx.config.arch, data, test_dataset=ctx.test, verbose=ctx.verbose, init=init, **kw)
+    res = training.train(ctx.config.arch, data, test_dataset=ctx.test, verbose=ctx.verbose, init=init,
+                         device=ctx.device, **kw)
     elapsed = time.perf_counter() - t0
     info = {"source": "train", "train_images": len(data), "train_result": _train_summary(res)}
     return res.model, info, elapsed
@@ -87,7 +88,8 @@ def _trained_model(ctx: StudyContext, spec: ModelSpec) -> tuple[nn.Module, dict,
 
 
 def load_model(ctx: StudyContext, spec: ModelSpec) -> nn.Module:
-    """The model of ``spec`` (a zoo checkpoint, or trained once into ``out/models``), in eval mode."""
+    """The model of ``spec`` (a zoo checkpoint, or trained once into ``out/models``), in eval mode, on the study's
+    device."""
     from certify import models as zoo
 
     t0 = time.perf_counter()
@@ -99,6 +101,8 @@ def load_model(ctx: StudyContext, spec: ModelSpec) -> nn.Module:
     else:
         model, info, cached, elapsed = _trained_model(ctx, spec)
     model.eval()
+    if ctx.device is not None:
+        model.to(ctx.device)
     ctx.models[spec.name] = model
     ctx.fingerprints[spec.name] = model_fingerprint(model)
     ctx.record(spec.name, "info", ModelInfo.from_dict(

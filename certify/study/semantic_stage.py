@@ -41,7 +41,7 @@ def _report(ctx: StudyContext, spec: ModelSpec) -> Any:
 
     folder = ctx.out / "semantic" / spec.name
     perts = [semantic_layers.get(p) for p in ctx.config.perturbations]
-    kw = dict(semantic_kwargs(ctx), out=folder, plots=False, verbose=ctx.verbose)
+    kw = dict(semantic_kwargs(ctx), out=folder, plots=False, verbose=ctx.verbose, device=ctx.device)
     try:
         return semantic_report(ctx.models[spec.name], ctx.test, perts, resume=True, **kw)
     except ResumeMismatchError as exc:
@@ -104,7 +104,7 @@ def _grid_family(ctx: StudyContext, spec: ModelSpec, rows: list[dict], family: s
         if hi <= lo:
             continue
         g = grid_check_semantic(model, ctx.test.x[int(r["idx"])], int(r["label"]), pert, (lo, hi),
-                                points=ctx.config.semantic_grid)
+                                points=ctx.config.semantic_grid, device=ctx.device)
         examples += 1
         checked += g["checked"]
         flips += len(g["flips"])

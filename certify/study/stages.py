@@ -42,7 +42,7 @@ def run_clean(ctx: StudyContext, spec: ModelSpec) -> CleanResult:
     idx = example_indices(len(ctx.test), n)
 
     def compute() -> CleanResult:
-        x, y = ctx.test.x[idx], ctx.test.y[idx]
+        x, y = ctx.on_device(ctx.test.x[idx]), ctx.on_device(ctx.test.y[idx])
         correct = 0
         with torch.no_grad():
             for s in range(0, len(idx), _CLEAN_BATCH):
@@ -67,7 +67,7 @@ def run_attacks(ctx: StudyContext, spec: ModelSpec) -> AttacksResult:
         rows = []
         for a in c.attack_settings():
             kw: dict[str, Any] = dict(attack=a["attack"], eps=a["eps"], norm=a["norm"], batch_size=c.attack_batch_size,
-                                      seed=c.seed, verbose=ctx.verbose)
+                                      seed=c.seed, verbose=ctx.verbose, device=ctx.device)
             if a["attack"] == "pgd":
                 kw.update(steps=c.pgd_steps, restarts=c.pgd_restarts)
             r = robust_accuracy(model, x, y, **kw)
@@ -94,7 +94,7 @@ def run_synbench(ctx: StudyContext, spec: ModelSpec) -> SynbenchSummary:
     def compute() -> SynbenchSummary:
         res = sb.evaluate(model, ctx.test.input_shape, c.synbench_eps, n_train=c.synbench_n_train,
                           n_test=c.synbench_n_test, separations=seps, seed=c.seed, layer="penultimate",
-                          name=spec.name, verbose=ctx.verbose)
+                          name=spec.name, verbose=ctx.verbose, device=ctx.device)
         res.save(path)
         return SynbenchSummary(scores={str(e): res.score(e, c.a_t) for e in res.eps}, a_t=c.a_t,
                                best_eps=res.best_eps(c.a_t), feature_dim=res.feature_dim,
@@ -118,7 +118,7 @@ def run_probe(ctx: StudyContext, spec: ModelSpec) -> ProbeSummary:
     def compute() -> ProbeSummary:
         res = sb.robust_probe(model, ctx.train.subset(tr_idx), ctx.test.subset(te_idx), c.probe_eps,
                               layer="penultimate", max_iter=c.probe_max_iter, seed=c.seed, name=spec.name,
-                              verbose=ctx.verbose)
+                              verbose=ctx.verbose, device=ctx.device)
         return ProbeSummary.from_dict({**res.to_dict(),
                                        "linear_probe_accuracy": res.clean_accuracy[list(res.eps).index(0.0)],
                                        "robust_at_own_eps": list(res.robust_at_own_eps())})
@@ -137,7 +137,8 @@ def smoothing_kwargs(ctx: StudyContext) -> dict[str, Any]:
 def _smooth(ctx: StudyContext, spec: ModelSpec) -> Any:
     from certify.smoothing import Smooth
 
-    return Smooth(ctx.models[spec.name], num_classes=ctx.test.num_classes, sigma=spec.smooth_sigma)
+    return Smooth(ctx.models[spec.name], num_classes=ctx.test.num_classes, sigma=spec.smooth_sigma,
+                  device=ctx.device)
 
 
 def _restrict_rows(report: Any, indices: Sequence[int]) -> Any:

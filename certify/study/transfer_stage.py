@@ -53,19 +53,22 @@ def transfer_consistency(certified: Sequence[bool], pgd_robust: Sequence[bool], 
 def fit_probe(encoder: nn.Module, x: torch.Tensor, y: torch.Tensor, *, num_classes: int, max_iter: int,
               seed: int) -> tuple[nn.Linear, float, bool]:
     """A fresh multinomial logistic probe on ``encoder``'s features of ``(x, y)``
-    (:func:`estimators.robust_linear.train_robust_probe` at eps 0): ``(probe, training accuracy, converged)``."""
+    (:func:`estimators.robust_linear.train_robust_probe` at eps 0): ``(probe, training accuracy, converged)``.
+    The features are computed on the encoder's device and the probe (fitted by numpy) is put there too."""
+    from certify.devices import module_device
     from estimators import robust_linear as rl
 
+    dev = module_device(encoder)
     with torch.no_grad():
-        h = torch.cat([encoder(x[i:i + _BATCH]).double() for i in range(0, x.shape[0], _BATCH)])
-    probe = rl.train_robust_probe(h.numpy(), y.numpy(), num_classes=num_classes, eps=0.0, max_iter=max_iter,
+        h = torch.cat([encoder(x[i:i + _BATCH].to(dev)).double().cpu() for i in range(0, x.shape[0], _BATCH)])
+    probe = rl.train_robust_probe(h.numpy(), y.cpu().numpy(), num_classes=num_classes, eps=0.0, max_iter=max_iter,
                                   seed=seed)
     head = nn.Linear(h.shape[1], num_classes)
     with torch.no_grad():
         head.weight.copy_(torch.from_numpy(probe.weight))
         head.bias.copy_(torch.from_numpy(probe.bias))
-    train_acc = float((probe.logits(h.numpy()).argmax(1) == y.numpy()).mean())
-    return head.eval(), train_acc, bool(probe.converged)
+    train_acc = float((probe.logits(h.numpy()).argmax(1) == y.cpu().numpy()).mean())
+    return head.to(dev).eval(), train_acc, bool(probe.converged)
 
 
 def _row(ctx: StudyContext, composed: nn.Module, encoder: nn.Module, head: nn.Linear, idx: list[int],
@@ -76,11 +79,11 @@ def _row(ctx: StudyContext, composed: nn.Module, encoder: nn.Module, head: nn.Li
     x, y = ctx.test.x[idx], ctx.test.y[idx]
     t0 = time.perf_counter()
     tr = transfer_bounds(encoder, head, x, y, eps=eps, norm="linf", method=settings["method"], clip=True,
-                         batch_size=64)
+                         batch_size=64, device=ctx.device)
     bound_time = time.perf_counter() - t0
     att = robust_accuracy(composed, x, y, attack="pgd", eps=eps, norm="linf", steps=settings["pgd_steps"],
                           restarts=settings["pgd_restarts"], batch_size=_BATCH, seed=settings["seed"],
-                          verbose=ctx.verbose)
+                          verbose=ctx.verbose, device=ctx.device)
     chk = transfer_consistency(tr.certified_box, att.robust_correct, idx)
     return TransferRow(
         eps=eps, n=tr.n, clean_accuracy=tr.clean_accuracy, certified_logit=tr.certified_accuracy("logit"),
