@@ -334,8 +334,10 @@ class BoundedNet:
     """
 
     def __init__(self, module: Any, input_shape: tuple[int, ...], output_dim: int, conv_mode: str,
-                 model: nn.Module, batch_size: int, device: torch.device | None = None):
+                 model: nn.Module, batch_size: int, device: torch.device | None = None,
+                 constant_shapes: tuple[tuple[int, ...], ...] = ()):
         self.module = module
+        self.constant_shapes = constant_shapes
         self.input_shape = input_shape
         self.output_dim = output_dim
         self.conv_mode = conv_mode
@@ -357,7 +359,8 @@ class BoundedNet:
             return self.module
         if batch_size not in self._per_batch:
             example = torch.zeros((batch_size, *self.input_shape), device=self.device)
-            self._per_batch[batch_size] = _build(self._model, example, self.conv_mode)[0]
+            consts = tuple(torch.zeros((batch_size, *shape), device=self.device) for shape in self.constant_shapes)
+            self._per_batch[batch_size] = _build(self._model, example, self.conv_mode, consts)[0]
             logger.debug("%s with MaxPool: traced a wrapper for batch size %d", method, batch_size)
         return self._per_batch[batch_size]
 
@@ -414,7 +417,7 @@ def _check_method(method: str) -> str:
 
 
 def bounded_module(model: nn.Module, example_input: torch.Tensor, *,
-                   conv_mode: str = "auto") -> BoundedNet:
+                   conv_mode: str = "auto", constants: tuple[torch.Tensor, ...] = ()) -> BoundedNet:
     """Wrap ``model`` for bounding. ``example_input``: one input batch (B, ...) of the right shape.
 
     The model is traced in eval mode (its own train/eval flag is restored afterwards); the result
@@ -428,6 +431,10 @@ def bounded_module(model: nn.Module, example_input: torch.Tensor, *,
     applicable) or "auto" (default): "patches" unless the graph reshapes a non-Linear flat tensor
     into an image (e.g. ``relu(linear(theta)).view(-1, C, H, W)`` followed by a convolution),
     which auto_LiRPA 0.3 cannot bound in patches mode, then "matrix".
+
+    ``constants``: example values (B, ...) of further, UNPERTURBED inputs of ``model`` (called as
+    ``model(x, *constants)``), e.g. per-row data a batch of different examples needs; every
+    :func:`compute_bounds` call passes their values (``constants=``), which enter the bounds exactly.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
@@ -436,20 +443,37 @@ def bounded_module(model: nn.Module, example_input: torch.Tensor, *,
     if conv_mode not in CONV_MODES:
         raise ValueError(f"conv_mode must be one of {CONV_MODES}; got {conv_mode!r}")
     example = example_input.detach().float()
+    consts = _check_constants_arg(constants, example.shape[0])
     mode = "patches" if conv_mode == "auto" else conv_mode
     net = _prepare(model)
-    module, out = _build(net, example, mode)
+    module, out = _build(net, example, mode, consts)
     if conv_mode == "auto" and _needs_matrix_mode(module):
         mode = "matrix"
         logger.debug("conv_mode='auto': flat-to-image reshape of a non-Linear node, using matrix mode")
-        module, out = _build(net, example, mode)
+        module, out = _build(net, example, mode, consts)
     elif mode == "patches" and _constant_image_ops(module):
         raise ValueError("conv_mode='patches' cannot bound constant Add/Sub/Mul/Div on images (e.g. input "
                          "normalisation) with auto_LiRPA 0.3; use conv_mode='auto' or 'matrix'")
     if out.dim() != 2:
         raise ValueError(f"model output must have shape (B, num_outputs); got {tuple(out.shape)}")
     return BoundedNet(module, tuple(example.shape[1:]), int(out.shape[1]), mode, net,
-                      int(example.shape[0]), example.device)
+                      int(example.shape[0]), example.device, tuple(tuple(c.shape[1:]) for c in consts))
+
+
+def _check_constants_arg(constants: Any, batch: int) -> tuple[torch.Tensor, ...]:
+    """The unperturbed extra inputs: a tuple of finite float tensors (batch, ...)."""
+    if not isinstance(constants, (tuple, list)):
+        raise TypeError(f"constants must be a tuple of tensors; got {type(constants).__name__}")
+    out = []
+    for i, c in enumerate(constants):
+        if not isinstance(c, torch.Tensor) or not c.is_floating_point() or c.dim() < 1:
+            raise TypeError(f"constants[{i}] must be a floating point tensor (B, ...)")
+        if c.shape[0] != batch:
+            raise ValueError(f"constants[{i}] must have batch size {batch}; got shape {tuple(c.shape)}")
+        if not torch.isfinite(c).all():
+            raise ValueError(f"constants[{i}] must be finite")
+        out.append(c.detach().float())
+    return tuple(out)
 
 
 def _prepare(model: nn.Module) -> nn.Module:
@@ -512,7 +536,8 @@ class _Capture(logging.Handler):
             self.ops.append(msg[len("Name: "):].split(",")[0])
 
 
-def _build(model: nn.Module, example: torch.Tensor, conv_mode: str) -> tuple[Any, torch.Tensor]:
+def _build(model: nn.Module, example: torch.Tensor, conv_mode: str,
+           constants: tuple[torch.Tensor, ...] = ()) -> tuple[Any, torch.Tensor]:
     """Trace ``model`` (already :func:`_prepare`-d) into a BoundedModule; ValueError for unsupported operators."""
     lib = _lirpa()
     capture = _Capture()
@@ -520,8 +545,8 @@ def _build(model: nn.Module, example: torch.Tensor, conv_mode: str) -> tuple[Any
     lirpa_logger.addHandler(capture)
     try:
         with eval_mode(model), torch.no_grad(), _quiet():
-            out = model(example)
-            module = lib.BoundedModule(model, (example,), bound_opts={"conv_mode": conv_mode},
+            out = model(example, *constants)
+            module = lib.BoundedModule(model, (example, *constants), bound_opts={"conv_mode": conv_mode},
                                        device=example.device)
         module.eval()
     except NotImplementedError:
@@ -701,7 +726,7 @@ def compute_bounds(bounded: BoundedNet, *, x_lower: torch.Tensor, x_upper: torch
                    method: str = "crown", C: torch.Tensor | None = None,
                    alpha_iterations: int = 20, alpha_lr: float = 0.5,
                    reference: Any = None, intermediate: Any = None,
-                   bound_upper: bool = True) -> Bounds:
+                   bound_upper: bool = True, constants: tuple[torch.Tensor, ...] = ()) -> Bounds:
     """Sound bounds of ``C f(x)`` (or ``f(x)``) for every ``x`` with ``x_lower <= x <= x_upper``.
 
     Args:
@@ -724,6 +749,8 @@ def compute_bounds(bounded: BoundedNet, *, x_lower: torch.Tensor, x_upper: torch
             intermediate bounds: these, or CROWN's.)
         bound_upper: False skips the upper bounds (returned as +inf), e.g. for margins where only
             the lower bound matters; halves the alpha-CROWN cost.
+        constants: the values (B, ...) of the unperturbed extra inputs the network was built with
+            (:func:`bounded_module`'s ``constants``), one row per box.
 
     Returns:
         :class:`Bounds` with ``lower``/``upper`` of shape (B, n_specs), detached, float32.
@@ -733,6 +760,10 @@ def compute_bounds(bounded: BoundedNet, *, x_lower: torch.Tensor, x_upper: torch
     m = _check_method(method)
     lo, hi = _validate_box(bounded, x_lower, x_upper)
     spec = _validate_spec(C, lo.shape[0], bounded.output_dim)
+    consts = _check_constants_arg(constants, lo.shape[0])
+    if tuple(tuple(c.shape[1:]) for c in consts) != bounded.constant_shapes:
+        raise ValueError(f"constants must have per-row shapes {bounded.constant_shapes} (those the network "
+                         f"was built with); got {[tuple(c.shape[1:]) for c in consts]}")
     if m == "alpha-crown":
         if not isinstance(alpha_iterations, int) or isinstance(alpha_iterations, bool) or alpha_iterations < 1:
             raise ValueError(f"alpha_iterations must be an int >= 1; got {alpha_iterations!r}")
@@ -762,7 +793,7 @@ def compute_bounds(bounded: BoundedNet, *, x_lower: torch.Tensor, x_upper: torch
         # nothing to optimise (no ReLU/MaxPool...): alpha-CROWN is CROWN; auto_LiRPA would crash
         logger.info("alpha-CROWN: the network has no optimisable activations; its bounds equal CROWN's")
         with torch.no_grad(), _quiet():
-            lower, upper = module.compute_bounds(x=(bx,), C=spec, method=_LIRPA_METHOD["crown"], **extra)
+            lower, upper = module.compute_bounds(x=(bx, *consts), C=spec, method=_LIRPA_METHOD["crown"], **extra)
     elif m == "alpha-crown":
         # alpha-CROWN on top of fixed intermediate bounds: CROWN computes every intermediate bound
         # once (with the reference bounds, if any), then the ReLU slopes of the final bound are
@@ -775,22 +806,22 @@ def compute_bounds(bounded: BoundedNet, *, x_lower: torch.Tensor, x_upper: torch
         if not fixed:
             crown_extra = {k: v for k, v in extra.items() if k != "intermediate_layer_bounds"}
             with torch.no_grad(), _quiet():
-                crown_lower, _ = module.compute_bounds(x=(bx,), C=spec, method="backward", **crown_extra)
+                crown_lower, _ = module.compute_bounds(x=(bx, *consts), C=spec, method="backward", **crown_extra)
             fixed = {n.name: (n.lower.detach(), n.upper.detach()) for n in _bound_input_nodes(module)}
         opt_extra = {"bound_upper": bound_upper, "intermediate_layer_bounds": fixed}
         with torch.enable_grad(), _quiet():
-            module.init_slope((bx,), share_slopes=False, method="backward", c=spec,
+            module.init_slope((bx, *consts), share_slopes=False, method="backward", c=spec,
                               bound_upper=bound_upper, intermediate_layer_bounds=fixed)
             module.set_bound_opts({"optimize_bound_args": {"init_alpha": False}})
             try:
-                lower, upper = module.compute_bounds(x=(bx,), C=spec, method=_LIRPA_METHOD[m], **opt_extra)
+                lower, upper = module.compute_bounds(x=(bx, *consts), C=spec, method=_LIRPA_METHOD[m], **opt_extra)
             finally:
                 module.set_bound_opts({"optimize_bound_args": {"init_alpha": True}})
         if crown_lower is not None:   # both are sound; the optimisation starts from CROWN anyway
             lower = torch.maximum(lower.detach(), crown_lower.detach())
     else:
         with torch.no_grad(), _quiet():
-            lower, upper = module.compute_bounds(x=(bx,), C=spec, method=_LIRPA_METHOD[m], **extra)
+            lower, upper = module.compute_bounds(x=(bx, *consts), C=spec, method=_LIRPA_METHOD[m], **extra)
     bounded._last_module = module
     lower = lower.detach().reshape(lo.shape[0], -1)
     upper = torch.full_like(lower, float("inf")) if upper is None else upper.detach().reshape(lo.shape[0], -1)

@@ -142,8 +142,9 @@ class Rotation(SemanticPerturbation):
             img = torch.cat([img, torch.ones_like(img[:, :1])], dim=1)
             C += 1
         S = lo.shape[0]
-        lower = torch.empty(S, C, H, W, dtype=f64, device=x.device)
-        upper = torch.empty_like(lower)
+        # the sub-intervals of every row (arc <= max_arc_px at the outermost pixel, <= 90 degrees), bounded
+        # together in chunks; each row's bounds are the extremes over its own sub-intervals
+        starts, ends, owner = [], [], []
         for s in range(S):
             a0 = math.radians(float(lo[s, 0]))
             a1 = math.radians(float(hi[s, 0]))
@@ -151,32 +152,36 @@ class Rotation(SemanticPerturbation):
             n_sub = max(1, math.ceil(width / (math.pi / 2)), math.ceil(rho_max * width / self.max_arc_px))
             edges = a0 + width * torch.arange(n_sub + 1, dtype=f64, device=x.device) / n_sub
             edges[0], edges[-1] = a0, a1
-            lo_acc = torch.full((C, P), math.inf, dtype=f64, device=x.device)
-            hi_acc = torch.full((C, P), -math.inf, dtype=f64, device=x.device)
-            chunk = max(1, 250_000 // (P * max(1, C)))
-            for c0 in range(0, n_sub, chunk):
-                ea = edges[c0:min(n_sub, c0 + chunk)].reshape(-1, 1)
-                eb = edges[c0 + 1:min(n_sub, c0 + chunk) + 1].reshape(-1, 1)
-                n = ea.shape[0]
-                xa = torch.cos(ea) * X - torch.sin(ea) * Y + cx
-                ya = torch.sin(ea) * X + torch.cos(ea) * Y + cy
-                xb = torch.cos(eb) * X - torch.sin(eb) * Y + cx
-                yb = torch.sin(eb) * X + torch.cos(eb) * Y + cy
-                sag = rho * (1.0 - torch.cos((eb - ea) / 2.0)) + 1e-9          # (n, P)
-                u0 = torch.minimum(xa, xb) - sag
-                u1 = torch.maximum(xa, xb) + sag
-                v0 = torch.minimum(ya, yb) - sag
-                v1 = torch.maximum(ya, yb) + sag
-                us = self._grid_coords(u0, u1)                                 # (n, P, G)
-                vs = self._grid_coords(v0, v1)
-                G1, G2 = us.shape[-1], vs.shape[-1]
-                U = us.unsqueeze(-1).expand(n, P, G1, G2).reshape(1, -1)
-                V = vs.unsqueeze(-2).expand(n, P, G1, G2).reshape(1, -1)
-                vals = bilinear_zero(img, U, V).reshape(C, n, P, G1 * G2)
-                lo_acc = torch.minimum(lo_acc, vals.amin(dim=(1, 3)))
-                hi_acc = torch.maximum(hi_acc, vals.amax(dim=(1, 3)))
-            lower[s] = lo_acc.reshape(C, H, W)
-            upper[s] = hi_acc.reshape(C, H, W)
+            starts.append(edges[:-1])
+            ends.append(edges[1:])
+            owner.append(torch.full((n_sub,), s, dtype=torch.long, device=x.device))
+        all_a, all_b, all_s = torch.cat(starts).reshape(-1, 1), torch.cat(ends).reshape(-1, 1), torch.cat(owner)
+        lower = torch.full((S, C, P), math.inf, dtype=f64, device=x.device)
+        upper = torch.full((S, C, P), -math.inf, dtype=f64, device=x.device)
+        chunk = max(1, 250_000 // (P * max(1, C)))
+        for c0 in range(0, all_s.numel(), chunk):
+            ea, eb, rows = all_a[c0:c0 + chunk], all_b[c0:c0 + chunk], all_s[c0:c0 + chunk]
+            n = ea.shape[0]
+            xa = torch.cos(ea) * X - torch.sin(ea) * Y + cx
+            ya = torch.sin(ea) * X + torch.cos(ea) * Y + cy
+            xb = torch.cos(eb) * X - torch.sin(eb) * Y + cx
+            yb = torch.sin(eb) * X + torch.cos(eb) * Y + cy
+            sag = rho * (1.0 - torch.cos((eb - ea) / 2.0)) + 1e-9          # (n, P)
+            u0 = torch.minimum(xa, xb) - sag
+            u1 = torch.maximum(xa, xb) + sag
+            v0 = torch.minimum(ya, yb) - sag
+            v1 = torch.maximum(ya, yb) + sag
+            us = self._grid_coords(u0, u1)                                 # (n, P, G)
+            vs = self._grid_coords(v0, v1)
+            G1, G2 = us.shape[-1], vs.shape[-1]
+            U = us.unsqueeze(-1).expand(n, P, G1, G2).reshape(1, -1)
+            V = vs.unsqueeze(-2).expand(n, P, G1, G2).reshape(1, -1)
+            vals = bilinear_zero(img, U, V).reshape(C, n, P, G1 * G2)
+            idx = rows.reshape(n, 1, 1).expand(n, C, P)
+            lower.scatter_reduce_(0, idx, vals.amin(dim=3).transpose(0, 1), reduce="amin")
+            upper.scatter_reduce_(0, idx, vals.amax(dim=3).transpose(0, 1), reduce="amax")
+        lower = lower.reshape(S, C, H, W)
+        upper = upper.reshape(S, C, H, W)
         if self.fill is None:
             return lower, upper
         # I in [lo, hi] with I >= 0, M in [m_lo, m_hi] within [0, 1]: I M + c (1 - M)

@@ -7,7 +7,8 @@ Examples::
         --max-param hue=30,saturation=0.2 --out runs/sem_color
     certify semantic --checkpoint model.pt --arch fmnist_cnn --data fmnist --perturbation rotation \\
         --max-param 10 --fill 0 --method alpha-crown --out runs/rot
-    certify semantic --pretrained fmnist_cnn --perturbation brightness --max-param 0.2 --max 10000 --out runs/b
+    certify semantic --pretrained fmnist_cnn --perturbation brightness --max-param 0.2 --max 10000 \
+        --image-batch 32 --out runs/b
 
 Writes ``rows.tsv`` (one row per example, family and parameter; appended and fsync'ed as it goes),
 ``run.json`` (settings), ``summary.json``, ``report.md``, ``semantic_accuracy.png`` (certified /
@@ -86,6 +87,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-attack", action="store_true", help="skip the flip search")
     parser.add_argument("--batch-size", "--batch", dest="batch_size", type=positive_int, default=32,
                         help="parameter boxes per bound call (32)")
+    parser.add_argument("--image-batch", type=positive_int, default=1,
+                        help="images verified together in shared bound calls, for the families that allow it "
+                             "(brightness; one parameter, method crown, no baseline); e.g. 32 for a test-set "
+                             "run (default 1: one image at a time)")
     parser.add_argument("--pivot", default=None,
                         help="contrast / brightness_contrast pivot: 0.5 (default, Semantify-NN), 'mean' "
                              "(torchvision adjust_contrast) or 0 (pivot 0)")
@@ -144,6 +149,7 @@ def run(args) -> int:
         n_splits=args.n_splits, max_refine=args.max_refine, attack=not args.no_attack, attack_grid=args.attack_grid,
         attack_steps=args.attack_steps, batch_size=args.batch_size, seed=args.seed, baseline=args.baseline,
         verbose=not args.quiet, workers=workers, ray_address=ray_address, device=device,
+        image_batch=args.image_batch,
         model_source=ModelSource.from_args(args) if workers else None)
     _common.add_to_run_json(out, _common.run_record(args, loaded, dataset))
     summary = report.summary()

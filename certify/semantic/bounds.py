@@ -91,15 +91,64 @@ class _Bounder:
 
     def margins(self, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
         """(S,) lower bounds of min_j (logit_label - logit_j) over each box ``lo[s] <= theta <= hi[s]``."""
-        out = []
-        for s0 in range(0, lo.shape[0], self.batch_size):
-            out.append(self._margins_chunk(lo[s0:s0 + self.batch_size], hi[s0:s0 + self.batch_size]))
-        self.n_bounded += lo.shape[0]
-        return torch.cat(out)
+        return self.class_margins(lo, hi).min(dim=1).values
 
-    def _margins_chunk(self, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-        S = lo.shape[0]
-        C = lirpa.margin_spec(torch.full((S,), self.label, dtype=torch.long, device=self.device), self.num_classes)
+    def class_margins(self, lo: torch.Tensor, hi: torch.Tensor, known: torch.Tensor | None = None) -> torch.Tensor:
+        """(S, K-1) lower bounds of ``logit_label - logit_j`` over each box (j in :func:`lirpa.other_classes`
+        order).
+
+        ``known``: (S, K-1) lower bounds already proven over boxes CONTAINING these (e.g. the piece a row
+        was cut from; -inf where none). Classes whose known bound exceeds ``margin_tol`` are not bounded
+        again (the specification of a row holds only its other classes); every returned entry is the larger
+        of the known and the computed bound, both sound over the row's box. Rows with nothing left to
+        prove are not bounded at all.
+
+        Method "crown" on pixel boxes ("box" families, baselines), without ``known``: the class with the
+        smallest margin at theta = 0 is bounded first; the other classes only for the rows it verifies (a row
+        it does not verify fails whatever the others give; their bounds stay -inf, a trivial lower bound)."""
+        S, k1 = lo.shape[0], self.num_classes - 1
+        out = torch.full((S, k1), -float("inf"), device=self.device) if known is None else \
+            known.detach().float().clone()
+        if tuple(out.shape) != (S, k1):
+            raise ValueError(f"known must have shape {(S, k1)}; got {tuple(out.shape)}")
+        need = out <= self.margin_tol
+        if known is None and self.method == "crown" and (self.baseline is not None or self.p.kind != "layer"):
+            probe = torch.zeros_like(need)
+            probe[:, self._hardest_class()] = True
+            self._bound_needed(out, probe, lo, hi)
+            need &= ~probe & (out > self.margin_tol).any(dim=1, keepdim=True)
+        self._bound_needed(out, need, lo, hi)
+        return out
+
+    def _hardest_class(self) -> int:
+        """Column (other-class index) of the smallest margin of the clean image."""
+        with torch.no_grad():
+            z = self.model(self.x.unsqueeze(0))[0]
+        others = lirpa.other_classes(torch.tensor([self.label], device=z.device), self.num_classes)[0]
+        return int(torch.argmin(z[self.label] - z[others]))
+
+    def _bound_needed(self, out: torch.Tensor, need: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        """Raise ``out`` (S, K-1) in place to the bounds of the ``need``-ed classes of each row that has any.
+        Pixel-box rows are grouped by their number of needed classes (no padded specifications); the composed
+        network's rows stay in one call (its cost is dominated by the call, not by the specifications)."""
+        counts = need.sum(dim=1)
+        full = lirpa.margin_spec(torch.tensor([self.label], device=self.device), self.num_classes)[0]   # (K-1, K)
+        if self.baseline is None and self.p.kind == "layer":
+            groups = [(counts > 0).nonzero().flatten()]
+        else:
+            groups = [(counts == w).nonzero().flatten() for w in torch.unique(counts[counts > 0]).tolist()]
+        for rows in groups:
+            for s0 in range(0, rows.numel(), self.batch_size):
+                r = rows[s0:s0 + self.batch_size]
+                cols = _needed_columns(need[r])                              # (R, w), padded by repetition
+                lb = self._margins_chunk(lo[r], hi[r], full[cols])           # (R, w)
+                sub = out[r]
+                sub.scatter_reduce_(1, cols, lb.float(), reduce="amax")
+                out[r] = sub
+        self.n_bounded += int((counts > 0).sum())
+
+    def _margins_chunk(self, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
+        """(S, w) lower bounds of ``C[s] @ logits`` over each box (C: (S, w, K) margin rows)."""
         composed = self.baseline is None and self.p.kind == "layer"
         if composed and self.method in ("crown", "ibp"):
             return self._composed(lo, hi, C)
@@ -114,8 +163,8 @@ class _Bounder:
         mnet = self._model_bounded()
         box = lirpa.compute_bounds(mnet, x_lower=pl, x_upper=pu, method=box_method, C=C,
                                    alpha_iterations=self.alpha_iterations, bound_upper=False)
-        best = box.lower.min(dim=1).values
-        todo = best <= self.margin_tol        # rows the pixel box alone does not verify
+        best = box.lower
+        todo = best.min(dim=1).values <= self.margin_tol      # rows the pixel box alone does not verify
         if composed and todo.any():
             rows = todo.nonzero().flatten()
             model_refs = None
@@ -130,11 +179,11 @@ class _Bounder:
                                         C=C[rows], alpha_iterations=self.alpha_iterations, reference=reference,
                                         bound_upper=False)
             best = best.clone()
-            best[rows] = torch.maximum(best[rows], comp.lower.min(dim=1).values)
+            best[rows] = torch.maximum(best[rows], comp.lower)
         return best
 
     def _composed(self, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
-        """Margin lower bounds of ``theta -> layer -> model`` over the boxes (one call for all of them).
+        """(S, w) lower bounds of the margins ``C`` of ``theta -> layer -> model`` over the boxes (one call).
 
         "crown": auto_LiRPA's Forward+Backward - intermediate bounds by forward linear bound propagation
         (cheap and tight for a 1- or 2-dimensional input), the margins by CROWN's backward pass; models with
@@ -147,15 +196,15 @@ class _Bounder:
             lo, hi, C = (torch.cat([t, t[-1:].expand(pad, *t.shape[1:])]) for t in (lo, hi, C))
         kw = dict(x_lower=lo.float(), x_upper=hi.float(), C=C, bound_upper=False)
         if self.method == "ibp":
-            return lirpa.compute_bounds(cnet, method="ibp", **kw).lower.min(dim=1).values[:S]
+            return lirpa.compute_bounds(cnet, method="ibp", **kw).lower[:S]
         if not self._no_forward_mode:
             try:
-                return lirpa.compute_bounds(cnet, method="forward+backward", **kw).lower.min(dim=1).values[:S]
+                return lirpa.compute_bounds(cnet, method="forward+backward", **kw).lower[:S]
             except (NotImplementedError, TypeError) as exc:
                 logger.info("semantic: the model has no forward mode in auto_LiRPA 0.3 (%s); using CROWN on "
                             "the composed network", exc)
                 self._no_forward_mode = True
-        return lirpa.compute_bounds(cnet, method="crown", **kw).lower.min(dim=1).values[:S]
+        return lirpa.compute_bounds(cnet, method="crown", **kw).lower[:S]
 
     def _composed_net(self, lo: torch.Tensor, hi: torch.Tensor) -> lirpa.BoundedNet:
         """The traced ``layer -> model`` network, built on the first boxes' union and reused for every box
@@ -181,3 +230,13 @@ class _Bounder:
                          "bounding without reference bounds")
             return None
         return [None] * (len(comp) - n) + list(model_refs)
+
+
+def _needed_columns(need: torch.Tensor) -> torch.Tensor:
+    """(R, w) column indices of the True entries of each row of ``need`` (R, K-1), w = the largest count;
+    shorter rows repeat their first index (a repeated specification row gives the same bound)."""
+    counts = need.sum(dim=1)
+    w = int(counts.max())
+    order = torch.argsort((~need).to(torch.int8), dim=1, stable=True)[:, :w]   # needed columns first
+    pos = torch.arange(w, device=need.device).unsqueeze(0).expand(need.shape[0], w)
+    return torch.where(pos < counts.unsqueeze(1), order, order[:, :1])

@@ -27,6 +27,7 @@ from certify.rundir import dataset_fingerprint, model_fingerprint, open_run
 
 from .inputs import check_baseline, check_method, check_model, check_perturbation, resolve_range
 from .report import PREAMBLE_TAG, SemanticReport, rows_from_certificate
+from .batch import run_batched
 from .verify import verify_semantic
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,8 @@ def semantic_report(model: nn.Module, dataset: Any, perturbations: Sequence[Any]
                     batch_size: int = 32, seed: int = 0, baseline: str | None = None,
                     margin_tol: float = 1e-4, alpha_iterations: int = 20, plots: bool = True,
                     verbose: bool = True, workers: int | None = None, ray_address: str | None = None,
-                    model_source: Any = None, device: str | torch.device | None = None) -> SemanticReport:
+                    model_source: Any = None, device: str | torch.device | None = None,
+                    image_batch: int = 1) -> SemanticReport:
     """Run :func:`verify_semantic` on dataset examples 0, skip, 2 skip, ... for every perturbation.
 
     Rows (:data:`ROW_COLUMNS`) are appended to ``out/rows.tsv`` as they are produced. ``resume=True``
@@ -98,6 +100,12 @@ def semantic_report(model: nn.Module, dataset: Any, perturbations: Sequence[Any]
     ``device`` as in :func:`verify_semantic` (``"cpu"``, ``"cuda"``, ``"auto"``, a ``torch.device``; None: the
     model's device). With workers every Ray actor runs there (with ``"cuda"`` each requests a GPU); with a remote
     ``ray_address`` the text ``"cuda"`` is checked by the workers, not on this machine.
+
+    ``image_batch=N > 1`` (without workers, on the CPU) verifies N images at a time in shared bound calls
+    (:func:`certify.semantic.batch.verify_semantic_batch`) for the families it supports (:func:`batchable`: one
+    parameter, kind "box" (rotation) or a layer whose structure does not depend on the image, e.g. brightness;
+    method "crown", no baseline); the other families are verified one image at a time as with
+    ``image_batch=1``. Rows are written in the same order; the value is part of the run's settings.
     """
     check_model(model)
     remote_cuda = ray_address is not None and isinstance(device, str) and device.strip().lower() == "cuda"
@@ -118,17 +126,25 @@ def semantic_report(model: nn.Module, dataset: Any, perturbations: Sequence[Any]
         "skip": check_int("skip", skip, 1),
         "max_examples": None if max_examples is None else check_int("max_examples", max_examples, 1),
     }
+    if check_int("image_batch", image_batch, 1) > 1:
+        opts["image_batch"] = image_batch
     batch_size = check_int("batch_size", batch_size, 1)
     parallel = None
     if workers is not None or ray_address is not None or model_source is not None:
         from certify.distributed import check_parallel
 
         parallel = check_parallel(workers, ray_address, model_source)
+        if image_batch > 1:
+            raise ValueError(f"image_batch must be 1 with workers (each worker verifies one image at a time); "
+                             f"got {image_batch}")
     check_bool("resume", resume)
     check_bool("overwrite", overwrite)
     if overwrite and resume:
         raise ValueError("overwrite=True deletes the rows already in out: use it with resume=False")
     _check_images(perturbations, dataset)
+    run_dev = dev if dev is not None else module_device(model)
+    if image_batch > 1 and run_dev.type != "cpu":
+        raise ValueError(f"image_batch > 1 runs on the CPU; got device {run_dev} (use device='cpu' or image_batch=1)")
     if dev is not None and parallel is None:
         model.to(dev)
     # the device of the rows: this process's, or (with workers) the type each actor runs on
@@ -169,6 +185,10 @@ def semantic_report(model: nn.Module, dataset: Any, perturbations: Sequence[Any]
                 run_on_ray(model=model, source=parallel["source"], job=job, units=units, example=lambda u: u[0],
                            dataset=dataset, emit=emit, workers=parallel["workers"],
                            ray_address=parallel["ray_address"], device=job_device)
+            elif image_batch > 1:
+                for rows in run_batched(job, model, model_net, dataset, units, image_batch):
+                    run.append(*rows)
+                    bar.update(1)
             else:
                 state = (model, model_net)
                 for unit in units:

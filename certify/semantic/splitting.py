@@ -5,6 +5,8 @@ Piece edges are Python floats (computed on the CPU, so they are the same on ever
 the bounder are tensors on its device."""
 from __future__ import annotations
 
+from typing import Generator
+
 import torch
 
 from .bounds import _Bounder
@@ -14,11 +16,34 @@ def certify_1d(bounder: _Bounder, lo: float, hi: float, *, n_splits: int, max_re
                tol: float, pieces: list) -> tuple[float, float, int]:
     """Largest [c_lo, c_hi] around 0 inside [lo, hi] whose pieces verify; returns (c_lo, c_hi, n_refined).
 
+    Drives :func:`certify_1d_steps`, bounding each round's new pieces with ``bounder`` in one call (on its
+    device; the splitting itself stays on the CPU)."""
+    steps = certify_1d_steps(lo, hi, n_splits=n_splits, max_refine=max_refine, tol=tol, pieces=pieces)
+    dev = bounder.device
+    try:
+        request = next(steps)
+        while True:
+            b_lo, b_hi, known = request
+            per_class = bounder.class_margins(b_lo.to(dev), b_hi.to(dev), None if known is None else known.to(dev))
+            request = steps.send(per_class.cpu())
+    except StopIteration as done:
+        return done.value
+
+
+def certify_1d_steps(lo: float, hi: float, *, n_splits: int, max_refine: int, tol: float,
+                     pieces: list) -> Generator[tuple, torch.Tensor, tuple[float, float, int]]:
+    """The splitting of :func:`certify_1d` as a generator: yields ``(lo, hi, known)`` (the new pieces of a
+    round: (S, 1) float64 boxes and the (S, K-1) per-class margin lower bounds of the pieces they were cut
+    from, -inf where none), receives their (S, K-1) per-class margin lower bounds (``_Bounder.class_margins``)
+    and returns (c_lo, c_hi, n_refined). Several images' generators can be driven in lockstep, their rounds
+    bounded together.
+
     Both sides of 0 are bounded together: first ``n_splits`` pieces (shared between the sides in proportion
-    to their length), then, round by round, the failing piece nearest to 0 on each side is cut
-    into 4 (two bisection levels; one when only one is left) and the new pieces of both sides are bounded in
-    one call, until every side is verified to its end or its first failing piece is ``max_refine`` levels
-    deep."""
+    to their length), then, round by round, the (up to two) failing pieces nearest to 0 on each side are cut
+    into 4 each (two bisection levels; one when only one is left) and the new pieces of both sides are bounded
+    in one call (a piece's bounds do not depend on the other pieces, so the result is that of cutting one
+    piece at a time, up to float rounding), until every side is verified to its end or its first failing
+    piece is ``max_refine`` levels deep."""
     total = hi - lo
     sides: dict[int, list] = {}
     for sign, end in ((-1, lo), (1, hi)):
@@ -27,13 +52,16 @@ def certify_1d(bounder: _Bounder, lo: float, hi: float, *, n_splits: int, max_re
         n_side = max(1, int(round(n_splits * abs(end) / total)))
         edges = torch.linspace(0.0, end, n_side + 1, dtype=torch.float64).tolist()
         edges[-1] = end
-        sides[sign] = [[edges[i], edges[i + 1], 0, None] for i in range(n_side)]   # inner, outer, depth, lb
-    _bound_pieces(bounder, [q for side in sides.values() for q in side], pieces)
+        # inner, outer, depth, min margin lower bound, per-class margin lower bounds (None: not bounded)
+        sides[sign] = [[edges[i], edges[i + 1], 0, None, None] for i in range(n_side)]
+    new = [q for side in sides.values() for q in side]
     ends = {-1: 0.0 if lo == 0.0 else lo, 1: 0.0 if hi == 0.0 else hi}
     open_sides = set(sides)
     n_refined = 0
-    while open_sides:
-        new: list = []
+    while new:
+        request = _request(new)
+        _record(new, request, (yield request), pieces)
+        new = []
         for sign in sorted(open_sides):
             side = sides[sign]
             failing = [i for i, q in enumerate(side) if q[3] <= tol]
@@ -55,32 +83,43 @@ def certify_1d(bounder: _Bounder, lo: float, hi: float, *, n_splits: int, max_re
                 side[i:i + 1] = subs
                 new += subs
                 n_refined += 1
-        if new:
-            _bound_pieces(bounder, new, pieces)
     return ends[-1], ends[1], n_refined
 
 
-# failing pieces of one side cut per round, nearest to 0 first (more per round costs more rows than it saves calls)
-_REFINE_AHEAD = 1
+# failing pieces of one side cut per round, nearest to 0 first (more per round saves calls but bounds pieces
+# beyond the first one that fails at full depth; with per-class bounds inherited from the cut piece, 2 is cheapest)
+_REFINE_AHEAD = 2
 # bisection levels per cut
 _LEVELS = 2
 
 
 def _cut(piece: list, max_refine: int) -> list:
-    """A piece [inner, outer, depth, lb] cut into 4 (two bisection levels; one when only one is left)."""
-    inner, outer, depth, _ = piece
+    """A piece [inner, outer, depth, lb, class lbs] cut into 4 (two bisection levels; one when only one is left).
+
+    The pieces lie inside the cut one, so they inherit its per-class margin lower bounds (sound there)."""
+    inner, outer, depth, _, known = piece
     levels = min(_LEVELS, max_refine - depth)
     cuts = torch.linspace(inner, outer, 2 ** levels + 1, dtype=torch.float64).tolist()
     cuts[0], cuts[-1] = inner, outer
-    return [[a, b, depth + levels, None] for a, b in zip(cuts[:-1], cuts[1:])]
+    return [[a, b, depth + levels, None, known] for a, b in zip(cuts[:-1], cuts[1:])]
 
 
-def _bound_pieces(bounder: _Bounder, side: list, pieces: list) -> None:
-    lo = torch.tensor([[min(p[0], p[1])] for p in side], dtype=torch.float64, device=bounder.device)
-    hi = torch.tensor([[max(p[0], p[1])] for p in side], dtype=torch.float64, device=bounder.device)
-    lb = bounder.margins(lo, hi)
-    for p, a, b, v in zip(side, lo[:, 0].tolist(), hi[:, 0].tolist(), lb.tolist()):
+def _request(side: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    lo = torch.tensor([[min(p[0], p[1])] for p in side], dtype=torch.float64, device="cpu")
+    hi = torch.tensor([[max(p[0], p[1])] for p in side], dtype=torch.float64, device="cpu")
+    if all(p[4] is None for p in side):
+        return lo, hi, None
+    k1 = next(p[4] for p in side if p[4] is not None).numel()
+    known = torch.stack([torch.full((k1,), -float("inf"), device="cpu") if p[4] is None else p[4] for p in side])
+    return lo, hi, known
+
+
+def _record(side: list, request: tuple, per_class: torch.Tensor, pieces: list) -> None:
+    lo, hi, _ = request
+    lb = per_class.min(dim=1).values
+    for p, a, b, v, cls in zip(side, lo[:, 0].tolist(), hi[:, 0].tolist(), lb.tolist(), per_class):
         p[3] = float(v)
+        p[4] = cls
         pieces.append(((a,), (b,), float(v)))
 
 
