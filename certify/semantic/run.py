@@ -25,9 +25,9 @@ from certify._progress import progress
 from certify.devices import module_device, resolve_device
 from certify.rundir import dataset_fingerprint, model_fingerprint, open_run
 
+from .batch import run_batched
 from .inputs import check_baseline, check_method, check_model, check_perturbation, resolve_range
 from .report import PREAMBLE_TAG, SemanticReport, rows_from_certificate
-from .batch import run_batched
 from .verify import verify_semantic
 
 logger = logging.getLogger(__name__)
