@@ -19,6 +19,7 @@ import math
 
 import pytest
 import torch
+from test_semantic import TinyDataset  # the tiny in-memory dataset of the semantic tests
 from torch import nn
 
 import semantic_layers
@@ -104,17 +105,6 @@ def test_rotation_certificates_sound_against_torchvision():
         assert flips == 0, (seed, cert.certified)
 
 
-class _Data:
-    name = "tiny"
-
-    def __init__(self, x, y):
-        self.x, self.y = x, y
-
-    def __len__(self):
-        return len(self.y)
-
-    def __getitem__(self, i):
-        return self.x[i], self.y[i]
 
 
 def _batch_case(n: int = 6):
@@ -174,7 +164,7 @@ def test_report_image_batch_same_rows(tmp_path):
     model, xs, labels = _batch_case(5)
     ys = torch.tensor(labels)
     ys[3] = (ys[3] + 1) % 4                       # one misclassified example
-    ds = _Data(xs, ys)
+    ds = TinyDataset(xs, ys)
     perts = [semantic_layers.get("brightness"), semantic_layers.get("rotation")]
     kw = dict(max_param={"brightness": 1.0, "rotation": 5.0}, n_splits=4, max_refine=2, attack_grid=51,
               attack_steps=4, plots=False, verbose=False)
@@ -194,7 +184,7 @@ def test_batch_bad_input(tmp_path):
     with pytest.raises(ValueError, match="batch of images"):
         verify_semantic_batch(model, xs[0], labels[:1], semantic_layers.get("brightness"))
     with pytest.raises(ValueError, match="image_batch"):
-        semantic_report(model, _Data(xs, torch.tensor(labels)), [semantic_layers.get("brightness")],
+        semantic_report(model, TinyDataset(xs, torch.tensor(labels)), [semantic_layers.get("brightness")],
                         out=tmp_path / "r", image_batch=0, verbose=False)
     assert not (tmp_path / "r").exists()
     net = lirpa.bounded_module(nn.Sequential(nn.Linear(3, 2)), torch.zeros(1, 3))
