@@ -32,7 +32,7 @@ from certify._checks import check_float, check_int
 from certify._modes import eval_mode
 from certify.devices import module_device
 
-from .bounds import _needed_columns
+from .bounds import _ROWS, bound_needed_classes, forward_backward_lower, pad_rows
 from .certificate import SemanticCertificate, tightness_1d
 from .inputs import check_model, check_perturbation, image_of, resolve_range
 from .splitting import certify_1d_steps
@@ -44,8 +44,6 @@ logger = logging.getLogger(__name__)
 
 # verification in batches runs on the CPU
 _CPU = torch.device("cpu")
-# rows per bound call are padded to a multiple of this (auto_LiRPA traces MaxPool models once per batch size)
-_ROWS = 8
 _SHARED = ("unit_w", "rows", "cols", "vals", "out_bias")
 # bound rows per call = batch_size times this
 _IMAGES_PER_CALL = 8
@@ -122,24 +120,15 @@ class _RowsBounder:
         bounded again). Rows are grouped by their number of classes left, so that no row of a call carries
         (repeated) specifications it does not need."""
         out = known.detach().float().clone()
-        need = out <= self.margin_tol
-        counts = need.sum(dim=1)
-        groups = [(counts == w).nonzero().flatten() for w in torch.unique(counts[counts > 0]).tolist()]
-        for rows in groups:
-            for s0 in range(0, rows.numel(), self.rows_per_call):
-                self._bound_rows(out, need, rows[s0:s0 + self.rows_per_call], lo, hi, labels, img_of, imgs, specs)
-        self.n_bounded += int((counts > 0).sum())
-        return out
 
-    def _bound_rows(self, out: torch.Tensor, need: torch.Tensor, r: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
-                    labels: torch.Tensor, img_of: torch.Tensor, imgs: list, specs: list) -> None:
-        cols = _needed_columns(need[r])
-        C = lirpa.margin_spec(labels[r], self.num_classes).gather(
-            1, cols.unsqueeze(2).expand(-1, -1, self.num_classes))
-        lb = self._bound(lo[r], hi[r], C, img_of[r], imgs, specs)
-        sub = out[r]
-        sub.scatter_reduce_(1, cols, lb.float(), reduce="amax")
-        out[r] = sub
+        def bound_rows(r: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+            C = lirpa.margin_spec(labels[r], self.num_classes).gather(
+                1, cols.unsqueeze(2).expand(-1, -1, self.num_classes))
+            return self._bound(lo[r], hi[r], C, img_of[r], imgs, specs)
+
+        self.n_bounded += bound_needed_classes(out, out <= self.margin_tol, bound_rows,
+                                               rows_per_call=self.rows_per_call)
+        return out
 
     def _bound(self, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, img_of: torch.Tensor, imgs: list,
                specs: list) -> torch.Tensor:
@@ -156,25 +145,17 @@ class _LayerBatchBounder(_RowsBounder):
         k = len(perturbation.param_names)
         self.cnet = lirpa.bounded_module(self.net, torch.zeros(_ROWS, k, device=_CPU),
                                          constants=(torch.zeros(_ROWS, spec["unit_c"].numel(), device=_CPU),))
-        self.method = "forward+backward"
+        self.no_forward_mode = False
 
     def _bound(self, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, img_of: torch.Tensor, imgs: list,
                specs: list) -> torch.Tensor:
         c = torch.stack([specs[int(i)]["unit_c"] for i in img_of]).float()
-        lo, hi = lo.float(), hi.float()
         S = lo.shape[0]
-        pad = (-S) % _ROWS
-        if pad:
-            lo, hi, C, c = (torch.cat([t, t[-1:].expand(pad, *t.shape[1:])]) for t in (lo, hi, C, c))
-        kw = dict(x_lower=lo, x_upper=hi, C=C, bound_upper=False, constants=(c,))
-        if self.method == "forward+backward":
-            try:
-                return lirpa.compute_bounds(self.cnet, method="forward+backward", **kw).lower[:S]
-            except (NotImplementedError, TypeError) as exc:
-                logger.info("semantic batch: the model has no forward mode in auto_LiRPA 0.3 (%s); using CROWN",
-                            exc)
-                self.method = "crown"
-        return lirpa.compute_bounds(self.cnet, method="crown", **kw).lower[:S]
+        lo, hi, C, c = pad_rows(lo.float(), hi.float(), C, c)
+        lower, self.no_forward_mode = forward_backward_lower(
+            self.cnet, no_forward_mode=self.no_forward_mode, x_lower=lo, x_upper=hi, C=C, bound_upper=False,
+            constants=(c,))
+        return lower[:S]
 
 
 class _BoxBatchBounder(_RowsBounder):

@@ -16,7 +16,7 @@ layer of a box is assembled on the CPU in float64 (its ReLU expansion) and moved
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -131,21 +131,10 @@ class _Bounder:
         """Raise ``out`` (S, K-1) in place to the bounds of the ``need``-ed classes of each row that has any.
         Pixel-box rows are grouped by their number of needed classes (no padded specifications); the composed
         network's rows stay in one call (its cost is dominated by the call, not by the specifications)."""
-        counts = need.sum(dim=1)
         full = lirpa.margin_spec(torch.tensor([self.label], device=self.device), self.num_classes)[0]   # (K-1, K)
-        if self.baseline is None and self.p.kind == "layer":
-            groups = [(counts > 0).nonzero().flatten()]
-        else:
-            groups = [(counts == w).nonzero().flatten() for w in torch.unique(counts[counts > 0]).tolist()]
-        for rows in groups:
-            for s0 in range(0, rows.numel(), self.batch_size):
-                r = rows[s0:s0 + self.batch_size]
-                cols = _needed_columns(need[r])                              # (R, w), padded by repetition
-                lb = self._margins_chunk(lo[r], hi[r], full[cols])           # (R, w)
-                sub = out[r]
-                sub.scatter_reduce_(1, cols, lb.float(), reduce="amax")
-                out[r] = sub
-        self.n_bounded += int((counts > 0).sum())
+        self.n_bounded += bound_needed_classes(
+            out, need, lambda r, cols: self._margins_chunk(lo[r], hi[r], full[cols]), rows_per_call=self.batch_size,
+            group_by_count=not (self.baseline is None and self.p.kind == "layer"))
 
     def _margins_chunk(self, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
         """(S, w) lower bounds of ``C[s] @ logits`` over each box (C: (S, w, K) margin rows)."""
@@ -191,20 +180,12 @@ class _Bounder:
         CROWN on the composed network instead. "ibp": interval bounds of the composed network."""
         cnet = self._composed_net(lo, hi)
         S = lo.shape[0]
-        pad = (-S) % _ROWS          # a fixed batch size: auto_LiRPA traces MaxPool models once per batch size
-        if pad:
-            lo, hi, C = (torch.cat([t, t[-1:].expand(pad, *t.shape[1:])]) for t in (lo, hi, C))
+        lo, hi, C = pad_rows(lo, hi, C)
         kw = dict(x_lower=lo.float(), x_upper=hi.float(), C=C, bound_upper=False)
         if self.method == "ibp":
             return lirpa.compute_bounds(cnet, method="ibp", **kw).lower[:S]
-        if not self._no_forward_mode:
-            try:
-                return lirpa.compute_bounds(cnet, method="forward+backward", **kw).lower[:S]
-            except (NotImplementedError, TypeError) as exc:
-                logger.info("semantic: the model has no forward mode in auto_LiRPA 0.3 (%s); using CROWN on "
-                            "the composed network", exc)
-                self._no_forward_mode = True
-        return lirpa.compute_bounds(cnet, method="crown", **kw).lower[:S]
+        lower, self._no_forward_mode = forward_backward_lower(cnet, no_forward_mode=self._no_forward_mode, **kw)
+        return lower[:S]
 
     def _composed_net(self, lo: torch.Tensor, hi: torch.Tensor) -> lirpa.BoundedNet:
         """The traced ``layer -> model`` network, built on the first boxes' union and reused for every box
@@ -230,6 +211,54 @@ class _Bounder:
                          "bounding without reference bounds")
             return None
         return [None] * (len(comp) - n) + list(model_refs)
+
+
+def pad_rows(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The tensors with their last row repeated up to a multiple of ``_ROWS`` rows: a fixed set of batch sizes,
+    since auto_LiRPA traces MaxPool models once per batch size (callers keep the first S rows of the bounds)."""
+    pad = (-tensors[0].shape[0]) % _ROWS
+    if not pad:
+        return tensors
+    return tuple(torch.cat([t, t[-1:].expand(pad, *t.shape[1:])]) for t in tensors)
+
+
+def forward_backward_lower(cnet: lirpa.BoundedNet, *, no_forward_mode: bool, **kw: Any
+                           ) -> tuple[torch.Tensor, bool]:
+    """Lower bounds of ``cnet`` by auto_LiRPA's Forward+Backward, or by CROWN when the model has no forward mode in
+    auto_LiRPA 0.3 (BatchNorm, constant subtraction) or ``no_forward_mode`` says so already. Returns the bounds
+    and whether the model has no forward mode (pass it back on the next call to skip the failing attempt)."""
+    if not no_forward_mode:
+        try:
+            return lirpa.compute_bounds(cnet, method="forward+backward", **kw).lower, False
+        except (NotImplementedError, TypeError) as exc:
+            logger.info("semantic: the model has no forward mode in auto_LiRPA 0.3 (%s); using CROWN on the "
+                        "composed network", exc)
+    return lirpa.compute_bounds(cnet, method="crown", **kw).lower, True
+
+
+def bound_needed_classes(out: torch.Tensor, need: torch.Tensor,
+                         bound_rows: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *, rows_per_call: int,
+                         group_by_count: bool = True) -> int:
+    """Raise ``out`` (S, K-1) in place to the bounds of the ``need``-ed (S, K-1) classes of each row that has any.
+
+    ``bound_rows(r, cols)`` returns the (R, w) margin lower bounds of rows ``r`` for their columns ``cols``
+    (:func:`_needed_columns`); entries become the larger of the old and the new bound (both sound). With
+    ``group_by_count`` rows are grouped by their number of needed classes (no padded specifications); at most
+    ``rows_per_call`` rows per call. Returns the number of rows bounded."""
+    counts = need.sum(dim=1)
+    if group_by_count:
+        groups = [(counts == w).nonzero().flatten() for w in torch.unique(counts[counts > 0]).tolist()]
+    else:
+        groups = [(counts > 0).nonzero().flatten()]
+    for rows in groups:
+        for s0 in range(0, rows.numel(), rows_per_call):
+            r = rows[s0:s0 + rows_per_call]
+            cols = _needed_columns(need[r])                              # (R, w), padded by repetition
+            lb = bound_rows(r, cols)                                     # (R, w)
+            sub = out[r]
+            sub.scatter_reduce_(1, cols, lb.float(), reduce="amax")
+            out[r] = sub
+    return int((counts > 0).sum())
 
 
 def _needed_columns(need: torch.Tensor) -> torch.Tensor:
