@@ -42,7 +42,7 @@ from certify import models as zoo
 from certify._checks import check_choice, check_float, check_int
 from certify._modes import eval_mode
 from certify.data import ImageDataset, load_dataset
-from certify.devices import resolve_device
+from certify.devices import module_device, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def _check_augment_settings(augment: str, sigma: float, eps: float, adv_fraction
 
 def evaluate_accuracy(model: nn.Module, dataset: ImageDataset, *, batch_size: int = 1000) -> float:
     """Clean top-1 accuracy of ``model`` on ``dataset`` (eval mode restored afterwards), on the model's device."""
-    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+    dev = module_device(model)
     correct = 0
     with eval_mode(model), torch.inference_mode():
         for start in range(0, len(dataset), batch_size):

@@ -301,6 +301,7 @@ def check_model_and_data(model: Any, dataset: Any, *, index: int = 0, num_classe
     import torch
 
     from certify._modes import eval_mode
+    from certify.devices import module_device
     from certify.models import Normalized
 
     x = dataset[index][0]
@@ -313,8 +314,7 @@ def check_model_and_data(model: Any, dataset: Any, *, index: int = 0, num_classe
     if expected is not None and tuple(expected) != shape:
         raise ValueError(f"{data_flag}: {dataset.name} has images of shape {shape} (C, H, W); the model takes "
                          f"{tuple(expected)}")
-    device = next((t.device for t in model.parameters()), torch.device("cpu")) \
-        if isinstance(model, torch.nn.Module) else torch.device("cpu")
+    device = module_device(model)
     try:
         with torch.no_grad(), eval_mode(model):
             logits = model(torch.as_tensor(x).unsqueeze(0).to(device))
