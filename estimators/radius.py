@@ -606,8 +606,7 @@ class _TwoComponentSolver:
         lam0 = None
         if self._lams:
             lam0 = min(self._lams, key=lambda item: abs(item[0] - r))[1].copy()
-        lam, d_est, converged = _maximise_dual(r, self.p, self.a, self.b, lam0=lam0)
-        return lam, d_est, converged
+        return _maximise_dual(r, self.p, self.a, self.b, lam0=lam0)
 
     def _certified(self, r: float, lam: np.ndarray, d_est: float) -> float:
         # the bound is valid at any tolerance; resolve it only as finely as the decision "> 1/2" needs
