@@ -36,13 +36,13 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 from certify._checks import check_int
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ModelSource", "SmoothingJob", "RAY_INSTALL", "import_ray", "check_workers", "run_on_ray",
+__all__ = ["ModelSource", "SmoothingJob", "ChunkUnit", "RAY_INSTALL", "import_ray", "check_workers", "run_on_ray",
            "certify_rows_on_ray", "worker_runtime_env", "add_workers_arguments", "workers_from_args",
            "check_parallel"]
 
@@ -223,10 +223,20 @@ class SmoothingJob:
         options = {"noise_thread": False if self.device == "cpu" else None, **self.smooth_options}
         return Smooth(model, self.num_classes, self.sigma, device=self.device, **options)
 
-    def run(self, state: Any, unit: int, x: Any, label: int) -> list[dict]:
-        from certify.runs import certify_one
+    def run(self, state: Any, unit: Any, x: Any, label: int) -> list[dict]:
+        from certify.runs import certify_chunk, certify_one
 
+        if isinstance(unit, ChunkUnit):  # a partial result, combined by the driver (certify_rows_on_ray)
+            return [certify_chunk(state, unit.idx, x, unit.chunk, self.settings)]
         return [certify_one(state, unit, x, label, self.settings)]
+
+
+class ChunkUnit(NamedTuple):
+    """One task of ``sample_chunks``: chunk ``chunk`` of ``chunks`` of example ``idx``'s estimation samples."""
+
+    idx: int
+    chunk: int
+    chunks: int
 
 
 # ------------------------------------------------------------------------------------------------ the actor
@@ -368,6 +378,8 @@ def _task_error(exc: Exception, unit: Any) -> Exception:
 
 
 def _unit_text(unit: Any) -> str:
+    if isinstance(unit, ChunkUnit):
+        return f"example {unit.idx} (sample chunk {unit.chunk + 1} of {unit.chunks})"
     return f"example {unit}" if isinstance(unit, int) else f"example {unit[0]} ({', '.join(map(str, unit[1:]))})"
 
 
@@ -464,14 +476,39 @@ def run_on_ray(*, model: Any, source: ModelSource | None, job: Any, units: list,
 
 def certify_rows_on_ray(*, model: Any, source: ModelSource | None, dataset: Any, indices: list[int],
                         settings: dict, emit: Callable[[dict], None], workers: int, ray_address: str | None,
-                        device: str, smooth_options: dict | None = None) -> dict[str, float]:
+                        device: str, smooth_options: dict | None = None, chunks: Any = None) -> dict[str, float]:
     """Certify ``indices`` of ``dataset`` with a smoothed classifier on Ray workers (:func:`run_on_ray`).
 
     ``settings`` are those of :func:`certify.runs.certify_dataset` (sigma, n_select, n_estimate, alpha, seed,
     batch_size, first_order, num_classes); every row is :func:`certify.runs.certify_one`'s. ``smooth_options``:
     keyword arguments of the workers' :class:`~certify.smoothing.Smooth` (``input_range``, ``sound``).
+    ``chunks``: the driver's :class:`~certify.smoothing.Smooth` to split every example into its
+    ``Smooth.n_chunks(n_estimate)`` sample chunks (one task each, :class:`ChunkUnit`); the driver sums an
+    example's chunk counts and computes its row (:func:`certify.runs.row_from_chunks`), identical to the
+    unchunked row. None: one task per example.
     """
     job = SmoothingJob(num_classes=int(settings["num_classes"]), sigma=float(settings["sigma"]), device=device,
                        settings=dict(settings), smooth_options=dict(smooth_options or {}))
-    return run_on_ray(model=model, source=source, job=job, units=list(indices), example=int, dataset=dataset,
-                      emit=emit, workers=workers, ray_address=ray_address, device=device)
+    if chunks is None:
+        return run_on_ray(model=model, source=source, job=job, units=list(indices), example=int, dataset=dataset,
+                          emit=emit, workers=workers, ray_address=ray_address, device=device)
+    from certify.runs import row_from_chunks
+
+    count = chunks.n_chunks(int(settings["n_estimate"]))
+    units = [ChunkUnit(int(i), k, count) for i in indices for k in range(count)]
+    parts: list[dict] = []
+    order = iter(indices)
+
+    def combine(part: dict) -> None:  # parts arrive in unit order: an example's chunks one after another
+        if part["chunk"] != len(parts):
+            raise RuntimeError(f"sample chunk {part['chunk']} arrived as part {len(parts)} of an example")
+        parts.append(part)
+        if len(parts) == count:
+            idx = int(next(order))
+            x, label = dataset[idx]
+            emit(row_from_chunks(chunks, idx, x, int(label), settings, list(parts)))
+            parts.clear()
+
+    logger.info("sample chunks: %d per example (%d tasks)", count, len(units))
+    return run_on_ray(model=model, source=source, job=job, units=units, example=lambda u: u.idx, dataset=dataset,
+                      emit=combine, workers=workers, ray_address=ray_address, device=device)

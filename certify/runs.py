@@ -50,6 +50,7 @@ from certify.rundir import (
     terminate_as_interrupt,
     versions,
 )
+from certify.smoothing import SAMPLE_CHUNK
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ PER_CLASS_PLOT_FILE = "per_class.png"
 MATCH_KEYS = ("sigma", "n_select", "n_estimate", "alpha", "seed", "batch_size", "first_order", "num_classes",
               "checkpoint", "model_fingerprint", "dataset", "dataset_fingerprint", "seed_scheme", "sound",
               "device_type", "sequential", "target_radius", "radius_tol")
-SEED_SCHEME = "numpy.SeedSequence([seed, idx]) -> uint64 >> 1"
+SEED_SCHEME = f"numpy.SeedSequence([seed, idx]) -> uint64 >> 1; noise streams in chunks of {SAMPLE_CHUNK}"
 
 
 def example_seed(seed: int, idx: int) -> int:
@@ -166,7 +167,8 @@ def certify_dataset(smooth: Any, dataset: Any, *, out: str | os.PathLike | None 
                     record: Mapping[str, Any] | None = None, device: str | torch.device | None = None,
                     workers: int | None = None, ray_address: str | None = None,
                     model_source: Any = None, sequential: bool = False,
-                    target_radius: float | None = None, radius_tol: float = 0.01) -> RadiusReport:
+                    target_radius: float | None = None, radius_tol: float = 0.01,
+                    sample_chunks: bool = False) -> RadiusReport:
     """Certify examples of ``dataset`` with ``smooth.certify`` and collect a :class:`RadiusReport`.
 
     Args:
@@ -194,6 +196,11 @@ def certify_dataset(smooth: Any, dataset: Any, *, out: str | os.PathLike | None 
             starts a local Ray instance for the run (only with ``workers``).
         model_source: a :class:`certify.distributed.ModelSource` each worker loads the model from; default:
             the model object itself, pickled by Ray (its class must be importable on the workers).
+        sample_chunks: with ``workers``, also split each example's n_estimate samples into chunks of
+            :data:`certify.smoothing.SAMPLE_CHUNK` sampled as separate tasks (several workers on one example; the
+            driver sums the counts before the Clopper-Pearson bound). Zeroth-order fixed-n certificates only.
+            The rows are the same as without it (every stream is seeded chunk by chunk either way); their
+            ``time`` is the sum of the chunks' times.
 
     Returns:
         The report of every row in ``out/rows.tsv`` (sorted by idx), or of this call's rows when
@@ -208,7 +215,8 @@ def certify_dataset(smooth: Any, dataset: Any, *, out: str | os.PathLike | None 
     v = _validate(alpha=alpha, seed=seed, n_select=n_select, n_estimate=n_estimate, batch_size=batch_size,
                   target_radius=target_radius, radius_tol=radius_tol)
     for name, flag in (("first_order", first_order), ("sequential", sequential), ("resume", resume),
-                       ("verbose", verbose), ("overwrite", overwrite), ("render", render)):
+                       ("verbose", verbose), ("overwrite", overwrite), ("render", render),
+                       ("sample_chunks", sample_chunks)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
     if not hasattr(smooth, "certify"):
@@ -218,6 +226,15 @@ def certify_dataset(smooth: Any, dataset: Any, *, out: str | os.PathLike | None 
         from certify.distributed import check_parallel
 
         parallel = check_parallel(workers, ray_address, model_source)
+    if sample_chunks:
+        if parallel is None:
+            raise ValueError("sample_chunks: only used with workers= (chunks of one example go to several Ray "
+                             "workers)")
+        if first_order or sequential:
+            raise ValueError("sample_chunks: only for zeroth-order fixed-n certificates (first_order=False, "
+                             "sequential=False): first-order sums and sequential stopping need one example's "
+                             "samples in one process")
+        parallel["sample_chunks"] = True
     smooth, device_type = _on_device(smooth, device, local=parallel is None or ray_address is None)
     try:
         n_total = len(dataset)
@@ -250,6 +267,7 @@ def certify_dataset(smooth: Any, dataset: Any, *, out: str | os.PathLike | None 
         "max_examples": max_examples,
         "workers": workers,
         "ray_address": ray_address,
+        **({"sample_chunks": True} if sample_chunks else {}),
         "versions": versions(),
         **{k: v for k, v in (record or {}).items() if k not in MATCH_KEYS},
     }
@@ -334,6 +352,30 @@ def certify_one(smooth: Any, idx: int, x: Any, label: int, settings: dict) -> di
     return {**{c: row[c] for c in ROW_COLUMNS}, **{k: v for k, v in row.items() if k not in ROW_COLUMNS}}
 
 
+def row_from_chunks(smooth: Any, idx: int, x: Any, label: int, settings: dict, parts: Sequence[dict]) -> dict:
+    """The rows.tsv row of example ``idx`` from its chunks (:meth:`certify.smoothing.Smooth.sample_chunk`, in
+    chunk order; chunk 0 carries the selection counts and ``base_predict``): the same row as
+    :func:`certify_one` (the ``time`` column is the sum of the chunks' times)."""
+    counts = np.sum([part["counts"] for part in parts], axis=0)
+    elapsed = float(sum(part["time_s"] for part in parts))
+    cert = smooth.certificate_from_counts(x, counts_select=parts[0]["counts_select"], counts=counts,
+                                          n_select=settings["n_select"], n_estimate=settings["n_estimate"],
+                                          alpha=settings["alpha"], batch_size=settings["batch_size"],
+                                          seed=example_seed(settings["seed"], idx), time_s=elapsed)
+    row = row_from_certificate(idx, int(label), cert, elapsed, base_predict=parts[0].get("base_predict"))
+    return {**{c: row[c] for c in ROW_COLUMNS}, **{k: v for k, v in row.items() if k not in ROW_COLUMNS}}
+
+
+def certify_chunk(smooth: Any, idx: int, x: Any, chunk: int, settings: dict) -> dict:
+    """Chunk ``chunk`` of example ``idx`` (:meth:`certify.smoothing.Smooth.sample_chunk`; chunk 0 also gets the
+    clean ``base_predict``), to be combined by :func:`row_from_chunks`."""
+    part = smooth.sample_chunk(x, chunk=chunk, n_select=settings["n_select"], n_estimate=settings["n_estimate"],
+                               batch_size=settings["batch_size"], seed=example_seed(settings["seed"], idx))
+    if chunk == 0:
+        part["base_predict"] = base_prediction(smooth, x)
+    return part
+
+
 def _certify_rows(smooth, dataset, indices, settings, *, writer, verbose, already: int = 0,
                   parallel: dict | None = None) -> list[dict]:
     rows: list[dict] = []
@@ -364,7 +406,8 @@ def _certify_rows(smooth, dataset, indices, settings, *, writer, verbose, alread
                                 settings=settings, emit=emit, workers=parallel["workers"],
                                 ray_address=parallel["ray_address"], device=settings["device_type"],
                                 smooth_options={"input_range": getattr(smooth, "input_range", None),
-                                                "sound": bool(getattr(smooth, "sound", False))})
+                                                "sound": bool(getattr(smooth, "sound", False))},
+                                chunks=smooth if parallel.get("sample_chunks") else None)
         else:
             for idx in indices:
                 x, label = dataset[idx]

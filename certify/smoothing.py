@@ -41,7 +41,7 @@ import logging
 import math
 import numbers
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Optional
 
 import numpy as np
@@ -64,7 +64,7 @@ from estimators.radius import (
     radius_two_component,
     scan_radius,
 )
-from estimators.sampling import derive_seeds, sample_noise
+from estimators.sampling import derive_seeds, sample_noise, sample_streams
 from estimators.sequential import check_schedule, scheduled_clopper_pearson, stop_decision
 
 __all__ = [
@@ -237,6 +237,9 @@ def _model_device_dtype(model) -> tuple[torch.device, torch.dtype]:
 PIXEL_RANGE = (0.0, 1.0)
 #: share of alpha a sequential certificate keeps for its last check (the cap n_estimate); see ``certify``
 SEQUENTIAL_FINAL_SHARE = 0.5
+#: samples per chunk of every noise stream (:func:`estimators.sampling.chunk_segments`): chunk k of a stream has
+#: its own seed, so the chunks of one certificate can be sampled by different workers with identical results
+SAMPLE_CHUNK = 10_000
 
 
 def _check_input_range(input_range) -> tuple[float, float] | None:
@@ -363,13 +366,21 @@ class Smooth:
     def _channels(x: torch.Tensor) -> int:
         return int(x.shape[0]) if x.ndim == 3 else 1
 
-    def _sample(self, x, *, n, batch_size, seed, target=None):
-        source = None
-        if self.lattice is not None:
-            source = LatticeSource(grid_indices(x), self.lattice, self.dtype, min(batch_size, n))
+    def _source(self, x, batch_size: int):
+        return None if self.lattice is None else LatticeSource(grid_indices(x), self.lattice, self.dtype, batch_size)
+
+    def _sample(self, x, *, n, batch_size, seed, target=None, first_chunk=0):
         return sample_noise(self.model, x, sigma=self.sigma, n=n, num_classes=self.num_classes,
                             batch_size=batch_size, seed=seed, target=target, input_dtype=self.dtype,
-                            noise_source=source, overlap=self.noise_thread)
+                            noise_source=self._source(x, min(batch_size, n)), overlap=self.noise_thread,
+                            chunk_size=SAMPLE_CHUNK, first_chunk=first_chunk)
+
+    def _sample_streams(self, x, streams, *, batch_size):
+        """Counts of several (n, seed[, first_chunk]) streams in one pipelined pass (same counts as _sample)."""
+        return sample_streams(self.model, x, sigma=self.sigma, streams=streams, num_classes=self.num_classes,
+                              batch_size=batch_size, chunk_size=SAMPLE_CHUNK, input_dtype=self.dtype,
+                              noise_source=self._source(x, min(batch_size, max(s[0] for s in streams))),
+                              overlap=self.noise_thread)
 
     # -- PREDICT --------------------------------------------------------------------------------------------
     def predict(self, x, *, n: int, alpha: float, batch_size: int = 1000, seed: int = 0) -> Prediction:
@@ -441,16 +452,29 @@ class Smooth:
         xt = self._prepare(x)
         seed_select, seed_estimate = derive_seeds(v["seed"], 2)
         seq: dict[str, Any] = {}
+        est = None
         with _eval_mode(self.model):
-            sel = self._sample(xt, n=v["n_select"], batch_size=v["batch_size"], seed=seed_select)
+            if not (sequential or first_order):  # both streams in one pass: no label needed before estimating
+                sel, est = self._sample_streams(xt, [(v["n_select"], seed_select), (v["n_estimate"], seed_estimate)],
+                                                batch_size=v["batch_size"])
+            else:
+                sel = self._sample(xt, n=v["n_select"], batch_size=v["batch_size"], seed=seed_select)
             label = int(np.argmax(sel.counts))
             if sequential:
                 seq = self._estimate_sequential(xt, label, v, seed_estimate)
                 est_counts, n_used = seq.pop("counts"), seq["n_used"]
             else:
-                est = self._sample(xt, n=v["n_estimate"], batch_size=v["batch_size"], seed=seed_estimate,
-                                   target=label if first_order else None)
+                if est is None:
+                    est = self._sample(xt, n=v["n_estimate"], batch_size=v["batch_size"], seed=seed_estimate,
+                                       target=label if first_order else None)
                 est_counts, n_used = est.counts, v["n_estimate"]
+        return self._finish(xt, v, sel.counts, est_counts, n_used=n_used, est=est, seq=seq, start=start,
+                            first_order=first_order, sequential=sequential)
+
+    def _finish(self, xt: torch.Tensor, v: dict[str, Any], sel_counts, est_counts, *, n_used: int, est, seq: dict,
+                start: float, first_order: bool, sequential: bool) -> SmoothingCertificate:
+        """The certificate from the select / estimate counts (steps 3-4 of ``certify``)."""
+        label = int(np.argmax(sel_counts))
         channels = self._channels(xt)
         dim = int(xt.numel())
         if first_order:
@@ -484,10 +508,62 @@ class Smooth:
             counts=tuple(int(c) for c in est_counts), alpha_split=budget.to_dict(), sigma=self.sigma,
             n_select=v["n_select"], n_estimate=v["n_estimate"], alpha=v["alpha"], seed=v["seed"],
             time_s=time.perf_counter() - start, first_order=first_order, input_shape=tuple(xt.shape),
-            counts_select=tuple(int(c) for c in sel.counts), gradient=grad, sound=self.sound,
+            counts_select=tuple(int(c) for c in sel_counts), gradient=grad, sound=self.sound,
             model_dtype=str(self.dtype).replace("torch.", ""), n_used=int(n_used),
             sequential=bool(sequential), target_radius=v.get("target_radius") if sequential else None,
             radius_tol=v["radius_tol"] if sequential else None, stop_reason=seq.get("stop_reason", "fixed"))
+
+    # -- CERTIFY in chunks (several workers on one example) -------------------------------------------------
+    @staticmethod
+    def n_chunks(n_estimate: int) -> int:
+        """How many chunks of ``SAMPLE_CHUNK`` samples the estimation stream of ``certify`` has."""
+        return -(-check_int("n_estimate", n_estimate, 1) // SAMPLE_CHUNK)
+
+    def sample_chunk(self, x, *, chunk: int, n_select: int, n_estimate: int, batch_size: int = 1000,
+                     seed: int = 0) -> dict[str, Any]:
+        """Class counts of chunk ``chunk`` (0 <= chunk < ``n_chunks(n_estimate)``) of the estimation samples of
+        ``certify(x, n_select=..., n_estimate=..., seed=seed)`` (zeroth order, fixed n), plus, for chunk 0, the
+        counts of its n_select selection samples: ``{"chunk", "counts", "counts_select" (None unless chunk 0),
+        "time_s"}``. Summing the chunks' counts and passing them to :meth:`certificate_from_counts` gives exactly
+        ``certify``'s certificate (the noise of chunk k comes from its own seed, see ``SAMPLE_CHUNK``)."""
+        v = _validate(seed=seed, n_select=n_select, n_estimate=n_estimate, batch_size=batch_size)
+        total = self.n_chunks(v["n_estimate"])
+        chunk = check_int("chunk", chunk, 0)
+        if chunk >= total:
+            raise ValueError(f"chunk must be in [0, {total}) for n_estimate={v['n_estimate']}, got {chunk}")
+        start = time.perf_counter()
+        xt = self._prepare(x)
+        seed_select, seed_estimate = derive_seeds(v["seed"], 2)
+        n_chunk = min(SAMPLE_CHUNK, v["n_estimate"] - chunk * SAMPLE_CHUNK)
+        streams = [(n_chunk, seed_estimate, chunk)]
+        if chunk == 0:
+            streams.insert(0, (v["n_select"], seed_select, 0))
+        with _eval_mode(self.model):
+            stats = self._sample_streams(xt, streams, batch_size=v["batch_size"])
+        return {"chunk": chunk, "counts": tuple(int(c) for c in stats[-1].counts),
+                "counts_select": tuple(int(c) for c in stats[0].counts) if chunk == 0 else None,
+                "time_s": time.perf_counter() - start}
+
+    def certificate_from_counts(self, x, *, counts_select, counts, n_select: int, n_estimate: int, alpha: float,
+                                batch_size: int = 1000, seed: int = 0,
+                                time_s: Optional[float] = None) -> SmoothingCertificate:
+        """The zeroth-order fixed-n certificate of ``certify`` from its counts: ``counts_select`` of the n_select
+        selection samples and ``counts`` of the n_estimate estimation samples (e.g. summed over the chunks of
+        :meth:`sample_chunk`). Identical to ``certify``'s result for the same counts (``time_s`` aside: default
+        the time of this call). Counts that do not add up to n_select / n_estimate are refused."""
+        v = self._check_certify_args(n_select=n_select, n_estimate=n_estimate, alpha=alpha, batch_size=batch_size,
+                                     seed=seed, first_order=False, sequential=False, target_radius=None,
+                                     radius_tol=0.01)
+        sel = np.asarray(counts_select, dtype=np.int64)
+        est = np.asarray(counts, dtype=np.int64)
+        for name, arr, n in (("counts_select", sel, v["n_select"]), ("counts", est, v["n_estimate"])):
+            if arr.shape != (self.num_classes,) or (arr < 0).any() or int(arr.sum()) != n:
+                raise ValueError(f"{name} must be {self.num_classes} non-negative counts summing to {n}, got "
+                                 f"{arr.tolist()}")
+        start = time.perf_counter()
+        cert = self._finish(self._prepare(x), v, sel, est, n_used=v["n_estimate"], est=None, seq={}, start=start,
+                            first_order=False, sequential=False)
+        return cert if time_s is None else replace(cert, time_s=float(time_s))
 
     def _check_certify_args(self, *, first_order, sequential, target_radius, radius_tol, **budgets) -> dict[str, Any]:
         for name, flag in (("first_order", first_order), ("sequential", sequential)):

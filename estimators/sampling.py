@@ -27,10 +27,14 @@ the caller) and consumed in order, every ``normal_`` call covering a whole numbe
 beyond a batch are carried over to the next). torch's CPU ``normal_`` transforms its uniforms 16 at a time, so
 on CPU the stream does not depend on how it is cut into batches: the noisy inputs and ``counts`` are identical
 for every ``batch_size`` (Gaussian noise; a ``noise_source`` defines its own stream). The first-order sums are
-accumulated batch by batch in the noise dtype, so across batch sizes they agree to float rounding only. On CPU
+accumulated batch by batch in the noise dtype, so across batch sizes they agree to float rounding only.
+Chunks (``chunk_size``, :func:`chunk_segments`): a seeded stream may be cut into chunks of ``chunk_size``
+samples, chunk k drawn from its own generator (chunk 0 from the seed itself); a batch never spans two chunks, so
+the samples of a chunk are the same whether it is drawn alone (``first_chunk``, e.g. by another process) or as
+part of the whole stream. :func:`sample_streams` runs several independent streams through one pipeline. On CPU
 the next batch's noise is drawn by one helper thread while the classifier evaluates the current batch
-(``overlap``; two buffer pairs alternate); with one intra-op thread the helper also forms x + sigma z and
-accumulates the first-order sums, so the caller's thread only runs the classifier. The helper consumes the
+(``overlap``; two buffer pairs alternate); with one intra-op thread the helper also forms x + sigma z, counts
+the votes and accumulates the first-order sums, so the caller's thread only runs the classifier. The helper consumes the
 generator in the same order and runs the same operations, so every result is identical either way. Results are
 identical for the same (seed, n, input, device type, torch version). Scores are computed under
 ``torch.inference_mode``. The classifier's train/eval mode is NOT changed here (``certify.smoothing.Smooth``
@@ -46,14 +50,14 @@ import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
 from estimators._checks import check_int
 
-__all__ = ["SampleStats", "sample_noise", "make_generator", "derive_seeds"]
+__all__ = ["SampleStats", "sample_noise", "sample_streams", "chunk_segments", "make_generator", "derive_seeds"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,14 +80,18 @@ class _NoiseBatches:
     it. Use as a context manager (the helper thread is shut down on exit).
     """
 
-    def __init__(self, x: torch.Tensor, sigma: float, bs: int, n: int, generator: torch.Generator, *,
+    def __init__(self, x: torch.Tensor, sigma: float, bs: int, segments: list[tuple[Any, int]], *,
                  input_dtype: torch.dtype, overlap: Optional[bool],
                  noise_source: Optional[Callable[[int, torch.Generator], torch.Tensor]] = None):
+        # segments: (torch.Generator or int seed, n); a batch never spans two segments
+        self.batches = [(k, min(bs, m - s)) for k, (_, m) in enumerate(segments) for s in range(0, m, bs)]
+        self.sizes = [b for _, b in self.batches]
+        n = sum(self.sizes)
         if overlap is None:  # worth a thread switch per batch: CPU, several batches, >= 2**16 values per batch
             overlap = x.device.type == "cpu" and n > bs and bs * x.numel() >= 2 ** 16
-        self.x, self.sigma, self.generator, self.input_dtype = x, sigma, generator, input_dtype
+        self.x, self.sigma, self.input_dtype = x, sigma, input_dtype
+        self.segments = segments
         self.noise_source = noise_source
-        self.sizes = [min(bs, n - s) for s in range(0, n, bs)]
         self.block = 16 // math.gcd(int(x.numel()), 16)
         slots = 2 if overlap else 1
         rows = bs + self.block - 1  # carried rows (< block) + the whole blocks drawn for one batch
@@ -92,11 +100,22 @@ class _NoiseBatches:
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="certify-noise") if overlap else None
         # the helper's extra work uses serial kernels only with one intra-op thread (no second thread team)
         self.helper_sums = self.pool is not None and torch.get_num_threads() == 1
+        self.generator: Optional[torch.Generator] = None
+        self._segment = -1
         self._carry: Optional[torch.Tensor] = None
         self._next = 0
         self._pending: Optional[Future] = None
         self._pending_before: tuple[Callable[[], None], ...] = ()
         self._queued: list[Callable[[], None]] = []  # work on earlier batches, run before the next draw
+
+    def _enter_segment(self, i: int) -> None:
+        """Switch to the generator of batch i's segment (a seed is turned into a fresh generator here, in batch
+        order); rows carried from the previous segment are dropped (they belong to no sample)."""
+        k = self.batches[i][0]
+        if k != self._segment:
+            source = self.segments[k][0]
+            self.generator = source if isinstance(source, torch.Generator) else make_generator(source, self.x.device)
+            self._segment, self._carry = k, None
 
     def _noise(self, i: int) -> torch.Tensor:
         """z of batch i: the rows carried from batch i - 1, then whole blocks of fresh draws."""
@@ -124,7 +143,9 @@ class _NoiseBatches:
         with torch.inference_mode():  # thread-local: the helper thread needs it too (buffers may be inference tensors)
             for fn in before:
                 fn()
+            self._enter_segment(i)
             if self.noise_source is not None:  # the classifier inputs themselves (a fresh tensor per batch)
+                assert self.generator is not None  # set by _enter_segment
                 return self.noise[0][:self.sizes[i]], self.noise_source(self.sizes[i], self.generator)
             z = self._noise(i)
             return z, (self._sum(i, z) if self.helper_sums else None)
@@ -171,6 +192,18 @@ class _NoiseBatches:
     def __exit__(self, *exc) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _tally(counts: torch.Tensor, nonfinite: torch.Tensor, scores: torch.Tensor, num_classes: int,
+           first: Optional[tuple]) -> None:
+    """Add one batch's votes to ``counts`` (in place), flag non-finite scores and, when ``first`` = (sums, hits,
+    z, mask, target) is given, add its first-order half sums."""
+    nonfinite.logical_or_(~torch.isfinite(scores).all())
+    pred = scores.argmax(dim=1)
+    counts += torch.bincount(pred, minlength=num_classes)
+    if first is not None:
+        sums, hits, z, mask, target = first
+        _accumulate(sums, hits, z, pred, mask, target)
 
 
 def _accumulate(sums: torch.Tensor, hits: torch.Tensor, z: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor,
@@ -250,8 +283,7 @@ def _check_sample_args(classifier, x, sigma, n, num_classes, batch_size, seed, g
     if (seed is None) == (generator is None):
         raise ValueError("give exactly one of seed or generator")
     if generator is None:
-        seed = check_int("seed", seed, 0)
-        generator = make_generator(seed, x.device)
+        generator = check_int("seed", seed, 0)  # the generator is made from the seed when the stream starts
     elif not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     if target is not None:
@@ -279,6 +311,41 @@ def _first_scores(classifier, batch: torch.Tensor, b: int, shape: tuple, num_cla
     return scores
 
 
+def chunk_segments(seed: int, n: int, chunk_size: Optional[int], first_chunk: int = 0) -> list[tuple[int, int]]:
+    """The (seed, n) segments of the n samples starting at chunk ``first_chunk`` of the chunked stream ``seed``.
+
+    A chunked stream cuts its samples into chunks of ``chunk_size``; chunk 0 is drawn from ``seed`` itself and
+    chunk k >= 1 from ``derive_seeds(seed, k)[k - 1]`` (SeedSequence children do not depend on how many are
+    spawned), so any chunk can be drawn on its own - by another process - and the samples of chunks
+    a..b are the same whether drawn together or one by one. ``chunk_size=None``: one unchunked stream.
+
+    >>> chunk_segments(7, 25_000, 10_000)[0]
+    (7, 10000)
+    """
+    if chunk_size is None:
+        if first_chunk:
+            raise ValueError("first_chunk needs a chunk_size")
+        return [(seed, n)]
+    chunk_size = check_int("chunk_size", chunk_size, 1)
+    first_chunk = check_int("first_chunk", first_chunk, 0)
+    count = -(-n // chunk_size)
+    children = derive_seeds(seed, first_chunk + count - 1) if first_chunk + count > 1 else []
+    out = []
+    for j in range(count):
+        k = first_chunk + j
+        out.append((seed if k == 0 else children[k - 1], min(chunk_size, n - j * chunk_size)))
+    return out
+
+
+def _stream_segments(generator: Any, n: int, chunk_size: Optional[int], first_chunk: int) -> list[tuple[Any, int]]:
+    """(generator or seed, n) segments of one stream: a given generator is one segment, a seed may be chunked."""
+    if isinstance(generator, torch.Generator):
+        if chunk_size is not None:
+            raise ValueError("chunk_size needs a seed (each chunk is seeded from it), not a generator")
+        return [(generator, n)]
+    return list(chunk_segments(int(generator), n, chunk_size, first_chunk))
+
+
 def sample_noise(
     classifier: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
@@ -294,6 +361,8 @@ def sample_noise(
     input_dtype: Optional[torch.dtype] = None,
     noise_source: Optional[Callable[[int, torch.Generator], torch.Tensor]] = None,
     overlap: Optional[bool] = None,
+    chunk_size: Optional[int] = None,
+    first_chunk: int = 0,
 ) -> SampleStats:
     """Evaluate ``classifier`` on n noisy copies x + sigma z and return counts (and first-order sums).
 
@@ -304,23 +373,72 @@ def sample_noise(
     ``noise_source(b, generator)``: returns the (b, *S) classifier inputs instead of x + sigma z (no ``target``).
     ``overlap`` (default: on for CPU tensors with at least 2 batches of >= 2**16 values, never with a
     ``noise_source`` too) draws the next batch's noise in a helper thread; it never changes the results.
-    See the module docstring for the outputs and what is deterministic.
+    ``chunk_size`` (with ``seed``): the stream is chunked (:func:`chunk_segments`; a batch never spans two
+    chunks) and starts at chunk ``first_chunk``, so the counts of n samples are the sum of the counts of their
+    chunks drawn separately. See the module docstring for the outputs and what is deterministic.
     """
     n, num_classes, batch_size, generator, target = _check_sample_args(
         classifier, x, sigma, n, num_classes, batch_size, seed, generator, target)
     input_dtype = _check_hooks(x, target, input_dtype, noise_source)
+    segments = _stream_segments(generator, n, chunk_size, first_chunk)
+    return _run(classifier, x, sigma=float(sigma), streams=[segments], num_classes=num_classes,
+                batch_size=batch_size, target=target, progress=progress, input_dtype=input_dtype,
+                noise_source=noise_source, overlap=overlap)[0]
 
+
+def sample_streams(
+    classifier: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    *,
+    sigma: float,
+    streams: Sequence[tuple[int, ...]],
+    num_classes: int,
+    batch_size: int,
+    chunk_size: Optional[int] = None,
+    input_dtype: Optional[torch.dtype] = None,
+    noise_source: Optional[Callable[[int, torch.Generator], torch.Tensor]] = None,
+    overlap: Optional[bool] = None,
+) -> list[SampleStats]:
+    """Class counts of several independent noise streams of ONE example, in one pass.
+
+    ``streams``: ``(n, seed)`` or ``(n, seed, first_chunk)`` each; the result for stream i is exactly
+    ``sample_noise(classifier, x, n=n, seed=seed, chunk_size=chunk_size, first_chunk=first_chunk, ...)``'s
+    counts, but the helper thread (``overlap``) draws the noise of stream i + 1 while the classifier evaluates
+    the end of stream i, and the buffers are allocated once. Zeroth order only (no first-order sums);
+    ``time_s`` of every result is the time of the whole call.
+    """
+    if isinstance(streams, (str, bytes)) or not isinstance(streams, Sequence) or not streams:
+        raise TypeError(f"streams must be a non-empty sequence of (n, seed[, first_chunk]), got {streams!r}")
+    parsed = []
+    for k, item in enumerate(streams):
+        if not isinstance(item, tuple) or len(item) not in (2, 3):
+            raise TypeError(f"streams[{k}] must be (n, seed) or (n, seed, first_chunk), got {item!r}")
+        n_k, num_classes, batch_size, seed_k, _ = _check_sample_args(
+            classifier, x, sigma, item[0], num_classes, batch_size, item[1], None, None)
+        parsed.append(_stream_segments(seed_k, n_k, chunk_size, item[2] if len(item) == 3 else 0))
+    input_dtype = _check_hooks(x, None, input_dtype, noise_source)
+    return _run(classifier, x, sigma=float(sigma), streams=parsed, num_classes=num_classes, batch_size=batch_size,
+                target=None, progress=False, input_dtype=input_dtype, noise_source=noise_source, overlap=overlap)
+
+
+def _run(classifier, x: torch.Tensor, *, sigma: float, streams: list[list[tuple[Any, int]]], num_classes: int,
+         batch_size: int, target: Optional[int], progress: bool, input_dtype: torch.dtype,
+         noise_source, overlap: Optional[bool]) -> list[SampleStats]:
+    """The sampling loop of :func:`sample_noise` / :func:`sample_streams` (arguments already checked)."""
     shape = tuple(x.shape)
     dim = int(x.numel())
     device = x.device
     dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32  # the noise dtype
     x = x.to(dtype)
-    bs = min(batch_size, n)
+    totals = [sum(m for _, m in segs) for segs in streams]
+    bs = min(batch_size, max(totals))
     start = time.perf_counter()
 
-    source = _NoiseBatches(x, float(sigma), bs, n, generator, input_dtype=input_dtype,
-                           overlap=overlap, noise_source=noise_source)
-    counts = torch.zeros(num_classes, dtype=torch.int64, device=device)
+    segments = [seg for segs in streams for seg in segs]
+    owner = [k for k, segs in enumerate(streams) for _ in segs]  # the stream of each segment
+    source = _NoiseBatches(x, sigma, bs, segments, input_dtype=input_dtype, overlap=overlap,
+                           noise_source=noise_source)
+    counts = torch.zeros((len(streams), num_classes), dtype=torch.int64, device=device)
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     if target is not None:
         sums = torch.zeros((2, dim), dtype=torch.float64, device=device)
@@ -332,20 +450,20 @@ def sample_noise(
     if progress and sys.stderr.isatty():
         from tqdm import tqdm
 
-        bar = tqdm(total=n, desc="sampling", unit="sample", leave=False)
+        bar = tqdm(total=sum(totals), desc="sampling", unit="sample", leave=False)
     done = 0
     checked = False
     with torch.inference_mode(), source:
-        for b in source.sizes:
+        for segment, b in source.batches:
             z, batch = source.next()
             scores = classifier(batch) if checked else _first_scores(classifier, batch, b, shape, num_classes)
             checked = True
-            nonfinite |= ~torch.isfinite(scores).all()
-            pred = scores.argmax(dim=1)
-            counts += torch.bincount(pred, minlength=num_classes)
+            first = None
             if target is not None:
                 mask = half_mask[:, :b] if done % 2 == 0 else half_mask.flip(0)[:, :b]
-                source.after(functools.partial(_accumulate, sums, hits, z, pred, mask, target))
+                first = (sums, hits, z, mask, target)
+            # the tally (and the first-order sums) run in the helper thread when it has one intra-op thread
+            source.after(functools.partial(_tally, counts[owner[segment]], nonfinite, scores, num_classes, first))
             done += b
             if bar is not None:
                 bar.update(b)
@@ -355,7 +473,6 @@ def sample_noise(
     if bool(nonfinite):
         raise ValueError("the model returned non-finite scores (NaN or inf) on noisy inputs")
     counts_np = counts.cpu().numpy().astype(np.int64)
-    half_n = ((n + 1) // 2, n // 2)
     half_sums = None
     half_hits = (0, 0)
     if target is not None:
@@ -363,16 +480,8 @@ def sample_noise(
         h = hits.cpu().numpy()
         half_hits = (int(h[0]), int(h[1]))
     elapsed = time.perf_counter() - start
-    logger.debug("sampled n=%d batch_size=%d in %.3fs (%.0f samples/s)", n, bs, elapsed, n / max(elapsed, 1e-12))
-    return SampleStats(
-        counts=counts_np,
-        n=n,
-        sigma=float(sigma),
-        target=target,
-        half_sums=half_sums,
-        half_n=half_n,
-        half_hits=half_hits,
-        input_shape=shape,
-        batch_size=bs,
-        time_s=elapsed,
-    )
+    logger.debug("sampled n=%d batch_size=%d in %.3fs (%.0f samples/s)", sum(totals), bs, elapsed,
+                 sum(totals) / max(elapsed, 1e-12))
+    return [SampleStats(counts=counts_np[k], n=n, sigma=sigma, target=target, half_sums=half_sums,
+                        half_n=((n + 1) // 2, n // 2), half_hits=half_hits, input_shape=shape, batch_size=bs,
+                        time_s=elapsed) for k, n in enumerate(totals)]

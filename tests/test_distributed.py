@@ -2,8 +2,8 @@
 a killed worker loses and duplicates no row, SIGTERM on the driver leaves a resumable run, and bad input
 (--workers 0, an unreachable --ray-address, a model the workers cannot import, Ray missing) is a one-line error.
 
-One local Ray instance (2 CPUs) is shared by the tests of this module; certify_dataset uses it (and leaves it
-running) because Ray is already initialised.
+One local Ray instance (4 logical CPUs, for the 4-worker test) is shared by the tests of this module;
+certify_dataset uses it (and leaves it running) because Ray is already initialised.
 """
 import logging
 import os
@@ -34,7 +34,7 @@ SETTINGS = dict(n_select=20, n_estimate=500, alpha=0.01, batch_size=128, seed=5,
 
 @pytest.fixture(scope="module")
 def ray_session():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
+    ray.init(num_cpus=4, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
              runtime_env=worker_runtime_env())
     yield ray
     ray.shutdown()
@@ -91,6 +91,26 @@ def test_rows_identical_for_in_process_and_1_or_2_workers(ray_session, tmp_path)
     assert sum(r[reference[0].index("abstained")] == "0" for r in reference[1:]) >= 3  # real certificates
     for name in ("w1", "w2", "mixed"):
         assert _rows(tmp_path / name / "rows.tsv") == reference, name
+
+
+@pytest.mark.slow
+def test_sample_chunks_rows_identical_for_1_2_4_workers_chunked_or_not(ray_session, tmp_path):
+    from certify.smoothing import SAMPLE_CHUNK
+
+    data = load_dataset("digits")
+    settings = dict(SETTINGS, first_order=False, n_estimate=2 * SAMPLE_CHUNK + 500, batch_size=1000, max_examples=4)
+    certify_dataset(_smooth(), data, out=tmp_path / "inproc", **settings)
+    reference = _rows(tmp_path / "inproc" / "rows.tsv")
+    assert len(reference) == 1 + 4
+    assert sum(r[reference[0].index("abstained")] == "0" for r in reference[1:]) >= 2  # real certificates
+    runs = {"w1": dict(workers=1), "w2_chunks": dict(workers=2, sample_chunks=True),
+            "w4_chunks": dict(workers=4, sample_chunks=True), "w4": dict(workers=4)}
+    for name, extra in runs.items():
+        certify_dataset(_smooth(), data, out=tmp_path / name, **settings, **extra)
+        assert _rows(tmp_path / name / "rows.tsv") == reference, name
+    import json
+
+    assert json.loads((tmp_path / "w2_chunks" / "run.json").read_text())["sample_chunks"] is True
 
 
 @pytest.mark.slow

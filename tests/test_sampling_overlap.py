@@ -112,7 +112,8 @@ def test_draw_taken_back_from_a_busy_helper_gives_the_same_noise():
     def batches(overlap):
         out, ran, where = [], [], {}
         hold = threading.Event()
-        with _NoiseBatches(x, 0.5, 10, 45, make_generator(5, "cpu"), input_dtype=x.dtype, overlap=overlap) as src:
+        with _NoiseBatches(x, 0.5, 10, [(make_generator(5, "cpu"), 45)], input_dtype=x.dtype,
+                           overlap=overlap) as src:
             draw = src._draw
 
             def traced(i, before=()):

@@ -77,6 +77,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_run_arguments(p, seed_help="base seed; example idx uses a seed derived from (seed, idx) (default 0)")
     add_device_argument(p)
     add_workers_arguments(p)
+    from certify.smoothing import SAMPLE_CHUNK
+
+    p.add_argument("--sample-chunks", action="store_true",
+                   help=f"with --workers: also split each example's --n-estimate samples into chunks of "
+                        f"{SAMPLE_CHUNK:,} "
+                        "certified by different workers (zeroth order, fixed n; same rows as without it)")
 
 
 def print_report(report, out: Path | None, *, examples: int | None = None) -> None:
@@ -120,12 +126,23 @@ def _check_sequential(args: argparse.Namespace) -> None:
                          "bounds, not valid under optional stopping)")
 
 
+def _check_chunks(args: argparse.Namespace) -> None:
+    if not getattr(args, "sample_chunks", False):
+        return
+    if args.workers is None:
+        raise ValueError("--sample-chunks: only with --workers N (chunks of one example go to several workers)")
+    if args.first_order or args.sequential:
+        raise ValueError("--sample-chunks: only for zeroth-order fixed-n certificates, not with "
+                         f"{'--first-order' if args.first_order else '--sequential'}")
+
+
 def run(args: argparse.Namespace) -> int:
     from certify.commands._common import prepare_smoothing, set_summary
     from certify.runs import certify_dataset, terminate_as_interrupt
     from certify.smoothing import Smooth
 
     _check_sequential(args)
+    _check_chunks(args)
     workers, ray_address = workers_from_args(args)
     device = device_from_args(args, remote=ray_address is not None)
     job = prepare_smoothing(args, "smooth")
@@ -142,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
             verbose=not args.quiet, checkpoint=job["loaded"].name, dataset_name=job["dataset"].name,
             record=job["record"], device=device, workers=workers, ray_address=ray_address,
             model_source=ModelSource.from_args(args) if workers else None, sequential=args.sequential,
-            target_radius=args.target_radius, radius_tol=args.radius_tol)
+            target_radius=args.target_radius, radius_tol=args.radius_tol, sample_chunks=args.sample_chunks)
     print_report(report, out)
     set_summary(args, {"out": str(out), **report.summary()})
     return 0
