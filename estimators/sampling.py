@@ -439,6 +439,7 @@ def _run(classifier, x: torch.Tensor, *, sigma: float, streams: list[list[tuple[
     source = _NoiseBatches(x, sigma, bs, segments, input_dtype=input_dtype, overlap=overlap,
                            noise_source=noise_source)
     counts = torch.zeros((len(streams), num_classes), dtype=torch.int64, device=device)
+    stream_counts = [counts[k] for k in range(len(streams))]  # views, made once
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     if target is not None:
         sums = torch.zeros((2, dim), dtype=torch.float64, device=device)
@@ -463,7 +464,8 @@ def _run(classifier, x: torch.Tensor, *, sigma: float, streams: list[list[tuple[
                 mask = half_mask[:, :b] if done % 2 == 0 else half_mask.flip(0)[:, :b]
                 first = (sums, hits, z, mask, target)
             # the tally (and the first-order sums) run in the helper thread when it has one intra-op thread
-            source.after(functools.partial(_tally, counts[owner[segment]], nonfinite, scores, num_classes, first))
+            source.after(functools.partial(_tally, stream_counts[owner[segment]], nonfinite, scores, num_classes,
+                                           first))
             done += b
             if bar is not None:
                 bar.update(b)
