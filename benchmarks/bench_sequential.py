@@ -38,7 +38,10 @@ from scipy import special
 
 def _certify_all(args, smooth, data, indices, cache: Path) -> list[dict]:
     """Certify every image in every mode; rows are appended to ``cache`` (JSON lines) so an interrupted run resumes."""
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "threads")}
+    from certify.runs import SEED_SCHEME
+
+    # rows of another seeding scheme (e.g. before chunked streams) are not reused
+    settings = {**{k: v for k, v in vars(args).items() if k not in ("out", "threads")}, "seed_scheme": SEED_SCHEME}
     done: dict[int, dict] = {}
     if cache.exists():
         lines = cache.read_text().splitlines()

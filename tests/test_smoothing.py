@@ -258,13 +258,19 @@ def _fails(cert, exact, tol=1e-6):
     return any(cert.radii[k] > exact[k] + tol for k in cert.radii)
 
 
-def test_linear_oracle_certificates_hold_at_rate_alpha():
+@pytest.mark.parametrize("chunk", [None, 500], ids=["default-chunks", "chunks-of-500"])
+def test_linear_oracle_certificates_hold_at_rate_alpha(chunk, monkeypatch):
     """Certified radius > exact radius must happen with frequency <= alpha (zeroth and first order).
 
     Allowance: with N certificates each failing with probability <= alpha, the number of failures exceeds
-    binom.isf(1e-6, N, alpha) with probability < 1e-6.
+    binom.isf(1e-6, N, alpha) with probability < 1e-6. With chunks of 500 samples every estimation stream is
+    drawn from 6 (zeroth order) or 20 (first order) independently seeded chunks.
     """
-    rng = np.random.default_rng(2024)
+    if chunk is not None:
+        import certify.smoothing
+
+        monkeypatch.setattr(certify.smoothing, "SAMPLE_CHUNK", chunk)
+    rng = np.random.default_rng(2024 if chunk is None else 77)
     alpha = 0.05
     cases = _linear_cases((6,), 80, rng) + _linear_cases((2, 1, 3), 60, rng)
     fails0 = fails1 = 0
