@@ -426,7 +426,9 @@ class Smooth:
            radius = sigma Phi^-1(p_lower).
         4. First order: radii from (p_lower, gradient bounds) by :mod:`estimators.radius`; each is raised to at
            least the zeroth-order value for its norm.
-        Seeds: the two streams use ``derive_seeds(seed, 2)``.
+        Seeds: the two streams use ``derive_seeds(seed, 2)``; each is cut into chunks of ``SAMPLE_CHUNK`` samples
+        with their own seeds (:func:`estimators.sampling.chunk_segments`), so the chunks of one certificate can
+        be sampled separately (:meth:`sample_chunk`, :meth:`certificate_from_counts`) with the same result.
 
         Sequential (``sequential=True``; Voracek 2024, Horvath et al. 2022): n_estimate is the MAXIMUM. Samples
         are drawn in segments ending at the fixed counts ``estimators.sequential.check_schedule(n_estimate)``
