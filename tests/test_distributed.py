@@ -127,11 +127,17 @@ def test_model_source_and_pickled_module_give_the_same_rows(ray_session, tmp_pat
 
 
 @pytest.mark.slow
-def test_killed_worker_loses_and_duplicates_no_row(ray_session, tmp_path, files):
+@pytest.mark.parametrize("chunks", [False, True], ids=["per-example", "sample-chunks"])
+def test_killed_worker_loses_and_duplicates_no_row(ray_session, tmp_path, files, chunks):
+    from certify.smoothing import SAMPLE_CHUNK
+
     data = load_dataset("digits")
     model = load_slow(files)
     settings = dict(n_select=20, n_estimate=1000, alpha=0.01, batch_size=100, seed=1, max_examples=12,
                     verbose=False, render=False)  # >= 11 batches of >= 10 ms per example
+    if chunks:  # 2 chunk tasks of >= 10 batches each per example
+        settings.update(n_estimate=2 * SAMPLE_CHUNK, batch_size=SAMPLE_CHUNK // 10, max_examples=8,
+                        sample_chunks=True)
     source = ModelSource(checkpoint=files / "slow.pt", arch=f"{files / 'net.py'}:SlowMLP")
     rows = tmp_path / "killed" / "rows.tsv"
     errors = []
@@ -153,9 +159,11 @@ def test_killed_worker_loses_and_duplicates_no_row(ray_session, tmp_path, files)
     os.kill(pids[0], signal.SIGKILL)
     thread.join(timeout=300)
     assert not thread.is_alive() and not errors, errors
-    certify_dataset(Smooth(model, 10, 0.25), data, out=tmp_path / "ref", **settings)
+    in_process = {k: v for k, v in settings.items() if k != "sample_chunks"}
+    certify_dataset(Smooth(model, 10, 0.25), data, out=tmp_path / "ref", **in_process)
     got = _rows(rows)
-    assert len(got) == 13 and len({r[0] for r in got[1:]}) == 12                   # no row lost or duplicated
+    n = settings["max_examples"]
+    assert len(got) == n + 1 and len({r[0] for r in got[1:]}) == n                 # no row lost or duplicated
     assert got == _rows(tmp_path / "ref" / "rows.tsv")
 
 
