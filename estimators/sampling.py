@@ -82,7 +82,8 @@ class _NoiseBatches:
 
     def __init__(self, x: torch.Tensor, sigma: float, bs: int, segments: list[tuple[Any, int]], *,
                  input_dtype: torch.dtype, overlap: Optional[bool],
-                 noise_source: Optional[Callable[[int, torch.Generator], torch.Tensor]] = None):
+                 noise_source: Optional[Callable[[int, torch.Generator], torch.Tensor]] = None,
+                 keep_noise: bool = True):
         # segments: (torch.Generator or int seed, n); a batch never spans two segments
         self.batches = _ramped_batches([m for _, m in segments], bs)
         self.sizes = [b for _, b in self.batches]
@@ -96,7 +97,11 @@ class _NoiseBatches:
         slots = 2 if overlap else 1
         rows = bs + self.block - 1  # carried rows (< block) + the whole blocks drawn for one batch
         self.noise = [torch.empty((rows, *x.shape), device=x.device, dtype=x.dtype) for _ in range(slots)]
-        self.inputs = [torch.empty((bs, *x.shape), device=x.device, dtype=x.dtype) for _ in range(slots)]
+        # without first-order sums z is not needed after x + sigma z: the sum overwrites it (half the memory
+        # traffic; the same operation, so the same values)
+        self.keep_noise = keep_noise
+        self.inputs = [torch.empty((bs, *x.shape), device=x.device, dtype=x.dtype) for _ in range(slots)] \
+            if keep_noise else []
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="certify-noise") if overlap else None
         # the helper's extra work uses serial kernels only with one intra-op thread (no second thread team)
         self.helper_sums = self.pool is not None and torch.get_num_threads() == 1
@@ -133,7 +138,8 @@ class _NoiseBatches:
         return slot[:b]
 
     def _sum(self, i: int, z: torch.Tensor) -> torch.Tensor:
-        batch = torch.add(self.x, z, alpha=self.sigma, out=self.inputs[i % len(self.inputs)][:z.shape[0]])
+        out = self.inputs[i % len(self.inputs)][:z.shape[0]] if self.keep_noise else z
+        batch = torch.add(self.x, z, alpha=self.sigma, out=out)
         if self.input_dtype != self.x.dtype:  # round the float32 sum once to the classifier's dtype
             batch = batch.to(self.input_dtype)
         return batch
@@ -460,7 +466,7 @@ def _run(classifier, x: torch.Tensor, *, sigma: float, streams: list[list[tuple[
     segments = [seg for segs in streams for seg in segs]
     owner = [k for k, segs in enumerate(streams) for _ in segs]  # the stream of each segment
     source = _NoiseBatches(x, sigma, bs, segments, input_dtype=input_dtype, overlap=overlap,
-                           noise_source=noise_source)
+                           noise_source=noise_source, keep_noise=target is not None)
     counts = torch.zeros((len(streams), num_classes), dtype=torch.int64, device=device)
     stream_counts = [counts[k] for k in range(len(streams))]  # views, made once
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
