@@ -10,7 +10,8 @@ For an input x (any shape S, one example), a noise level sigma and a callable ``
   The half means m_h = half_sums[h] / n_h are independent unbiased estimates of sigma * grad pA(x)
   (see :mod:`estimators.gradient`).
 
-Memory is O(batch_size * D) regardless of n: two noise and two input buffers are reused. The first-order
+Memory is O(batch_size * D) regardless of n: two noise buffers (and, for first-order sums, two input
+buffers; otherwise x + sigma z overwrites the noise) are reused. The first-order
 sums cost one (2, B) @ (B, D) matrix product per batch. No per-sample Python work; counts stay on the device
 and are read back once.
 
@@ -71,7 +72,8 @@ class _NoiseBatches:
     the batch size (torch's CPU ``normal_`` transforms its uniforms 16 at a time); rows drawn beyond a batch are
     carried over to the next one.
 
-    Two buffer pairs alternate. With ``overlap`` a single helper thread draws the noise of batch i + 1 into the
+    Two buffer pairs alternate (without ``keep_noise`` the sum overwrites the noise: one buffer per slot). With
+    ``overlap`` a single helper thread draws the noise of batch i + 1 into the
     other pair while the caller uses batch i; with one intra-op thread it also forms x + sigma z and runs the
     work queued with :meth:`after` (first-order sums), so the caller's thread only runs the model. A draw the
     helper has not started when it is needed (no free core) is taken back and done by the caller. The caller
