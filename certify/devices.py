@@ -86,6 +86,15 @@ def module_device(model: Any) -> torch.device:
     return torch.device("cpu")
 
 
+def place_module(model: Any, dev: Any) -> Any:
+    """Move ``model`` to the resolved device ``dev`` (from :func:`resolve_device`) and return ``dev``; with
+    ``dev`` None the model stays where it is and its device (:func:`module_device`) is returned."""
+    if dev is None:
+        return module_device(model)
+    model.to(dev)
+    return dev
+
+
 def _device_text(text: str) -> str:
     value = text.strip().lower()
     if value in DEVICE_CHOICES or (value.startswith("cuda:") and value[5:].isdigit()):

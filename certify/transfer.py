@@ -63,7 +63,7 @@ from torch import nn
 
 from certify._checks import check_bool, check_choice, check_float, check_int
 from certify._modes import eval_mode
-from certify.devices import module_device, resolve_device
+from certify.devices import module_device, place_module, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -161,10 +161,7 @@ def feature_box(encoder: nn.Module, x: torch.Tensor, *, eps: float, norm: str = 
         raise TypeError(f"encoder must be a torch.nn.Module, got {type(encoder).__name__}")
     x = _check_x(x)
     eps = _check_ball(eps, norm, method, clip, batch_size)
-    if dev is None:
-        dev = module_device(encoder)
-    else:
-        encoder.to(dev)
+    dev = place_module(encoder, dev)
     x = x.to(dev)
     with eval_mode(encoder):
         with torch.no_grad():
@@ -374,10 +371,7 @@ def fresh_probe_transfer(model: nn.Module, train_x: torch.Tensor, train_y: torch
 
     dev = resolve_device(device)
     encoder, own_head = split_model(model)
-    if dev is None:
-        dev = module_device(model)
-    else:
-        model.to(dev)
+    dev = place_module(model, dev)
     train_x = _check_x(train_x)
     num_classes = int(own_head.weight.shape[0])
     train_y = _check_y(train_y, train_x.shape[0], num_classes)

@@ -50,13 +50,9 @@ def attack_check(model, x, y, result, *, steps: int, seed: int, device=None) -> 
     import torch.nn.functional as F
 
     from certify import attacks
-    from certify.devices import module_device, resolve_device
+    from certify.devices import place_module, resolve_device
 
-    dev = resolve_device(device)
-    if dev is None:
-        dev = module_device(model)
-    else:
-        model.to(dev)
+    dev = place_module(model, resolve_device(device))
     x, y = x.to(dev), y.to(dev)
 
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:

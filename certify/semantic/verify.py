@@ -16,7 +16,7 @@ from torch import nn
 from certify import lirpa
 from certify._checks import check_bool, check_float, check_int
 from certify._modes import eval_mode
-from certify.devices import module_device, resolve_device
+from certify.devices import place_module, resolve_device
 
 from .attack import attack_1d, attack_2d
 from .bounds import _Bounder
@@ -91,10 +91,7 @@ def verify_semantic(model: nn.Module, x: torch.Tensor, label: int, perturbation:
         margin_tol=check_float("margin_tol", margin_tol, low=0.0), seed=check_int("seed", seed, 0))
     img = image_of(perturbation, x)
     ranges = resolve_range(perturbation, max_param)
-    if dev is None:
-        dev = module_device(model)
-    else:
-        model.to(dev)
+    dev = place_module(model, dev)
     img = img.to(dev)
     with eval_mode(model):
         logits = logits_of(model, img)

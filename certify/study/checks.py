@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from certify._modes import eval_mode
-from certify.devices import module_device, resolve_device
+from certify.devices import place_module, resolve_device
 from certify.study.results import ConsistencySummary, ModelStages
 
 __all__ = ["smoothing_consistency", "semantic_consistency", "grid_check_semantic", "rank_correlation",
@@ -188,11 +188,7 @@ def grid_check_semantic(model: nn.Module, x: torch.Tensor, label: int, perturbat
 
     Returns ``{"checked": k, "flips": [theta, ...]}`` (any flip contradicts the certificate).
     """
-    dev = resolve_device(device)
-    if dev is None:
-        dev = module_device(model)
-    else:
-        model.to(dev)
+    dev = place_module(model, resolve_device(device))
     x = x.to(dev)
     lo, hi = float(certified[0]), float(certified[1])
     thetas = torch.linspace(lo, hi, points, dtype=torch.float64, device=dev)
