@@ -340,6 +340,12 @@ def base_prediction(smooth: Any, x: Any) -> int | None:
         return int(smooth.model(xp).argmax(dim=1)[0])
 
 
+def _row(idx: int, label: int, cert: Any, elapsed: float, base_predict: int | None) -> dict:
+    """A certificate's rows.tsv row, the ``ROW_COLUMNS`` first."""
+    row = row_from_certificate(idx, int(label), cert, elapsed, base_predict=base_predict)
+    return {**{c: row[c] for c in ROW_COLUMNS}, **{k: v for k, v in row.items() if k not in ROW_COLUMNS}}
+
+
 def certify_one(smooth: Any, idx: int, x: Any, label: int, settings: dict) -> dict:
     """The rows.tsv row of example ``idx`` (the one computation shared by the in-process and Ray paths)."""
     t0 = time.perf_counter()
@@ -347,9 +353,7 @@ def certify_one(smooth: Any, idx: int, x: Any, label: int, settings: dict) -> di
                           alpha=settings["alpha"], batch_size=settings["batch_size"],
                           seed=example_seed(settings["seed"], idx), first_order=settings["first_order"],
                           **_sequential_kwargs(settings))
-    row = row_from_certificate(idx, int(label), cert, time.perf_counter() - t0,
-                               base_predict=base_prediction(smooth, x))
-    return {**{c: row[c] for c in ROW_COLUMNS}, **{k: v for k, v in row.items() if k not in ROW_COLUMNS}}
+    return _row(idx, label, cert, time.perf_counter() - t0, base_prediction(smooth, x))
 
 
 def row_from_chunks(smooth: Any, idx: int, x: Any, label: int, settings: dict, parts: Sequence[dict]) -> dict:
@@ -362,8 +366,7 @@ def row_from_chunks(smooth: Any, idx: int, x: Any, label: int, settings: dict, p
                                           n_select=settings["n_select"], n_estimate=settings["n_estimate"],
                                           alpha=settings["alpha"], batch_size=settings["batch_size"],
                                           seed=example_seed(settings["seed"], idx), time_s=elapsed)
-    row = row_from_certificate(idx, int(label), cert, elapsed, base_predict=parts[0].get("base_predict"))
-    return {**{c: row[c] for c in ROW_COLUMNS}, **{k: v for k, v in row.items() if k not in ROW_COLUMNS}}
+    return _row(idx, label, cert, elapsed, parts[0].get("base_predict"))
 
 
 def certify_chunk(smooth: Any, idx: int, x: Any, chunk: int, settings: dict) -> dict:

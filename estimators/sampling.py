@@ -73,13 +73,13 @@ class _NoiseBatches:
     carried over to the next one.
 
     Two buffer pairs alternate (without ``keep_noise`` the sum overwrites the noise: one buffer per slot). With
-    ``overlap`` a single helper thread draws the noise of batch i + 1 into the
-    other pair while the caller uses batch i; with one intra-op thread it also forms x + sigma z and runs the
-    work queued with :meth:`after` (first-order sums), so the caller's thread only runs the model. A draw the
-    helper has not started when it is needed (no free core) is taken back and done by the caller. The caller
-    must be done with a batch when it asks for the next one. The generator is used by one thread at a time, in
-    batch order, and every operation is the same in either thread, so the results are the same with or without
-    it. Use as a context manager (the helper thread is shut down on exit).
+    ``overlap`` a single helper thread draws the noise of batch i + 1 into the other pair while the caller uses
+    batch i; with one intra-op thread it also forms x + sigma z and runs the work queued with :meth:`after` (the
+    vote tally and first-order sums), so the caller's thread only runs the model. A draw the helper has not
+    started when it is needed (no free core) is taken back and done by the caller. The caller must be done with a
+    batch when it asks for the next one. The generator is used by one thread at a time, in batch order, and every
+    operation is the same in either thread, so the results are the same with or without it. Use as a context
+    manager (the helper thread is shut down on exit).
     """
 
     def __init__(self, x: torch.Tensor, sigma: float, bs: int, segments: list[tuple[Any, int]], *,
@@ -374,7 +374,7 @@ def _stream_segments(generator: Any, n: int, chunk_size: Optional[int], first_ch
         if chunk_size is not None:
             raise ValueError("chunk_size needs a seed (each chunk is seeded from it), not a generator")
         return [(generator, n)]
-    return list(chunk_segments(int(generator), n, chunk_size, first_chunk))
+    return chunk_segments(int(generator), n, chunk_size, first_chunk)
 
 
 def sample_noise(
