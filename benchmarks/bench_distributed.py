@@ -59,8 +59,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from certify import models  # noqa: E402
+from certify.allocator import MALLOC_ENV  # noqa: E402
 from certify.data import load_dataset  # noqa: E402
-from certify.distributed import WORKER_MALLOC_ENV, certify_rows_on_ray, worker_runtime_env  # noqa: E402
+from certify.distributed import certify_rows_on_ray, worker_runtime_env  # noqa: E402
 from certify.rundir import model_fingerprint  # noqa: E402
 from certify.runs import certify_one  # noqa: E402
 from certify.smoothing import Smooth  # noqa: E402
@@ -176,7 +177,7 @@ def plain_worker(argv: list[str]) -> None:
 def contention(args) -> dict:
     """Seconds per example of one plain process alone and of two side by side (no Ray): the slowdown that two
     busy cores cause each other (memory bandwidth, shared cache) whatever distributes the work."""
-    env = {**os.environ, **WORKER_MALLOC_ENV, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, **MALLOC_ENV, "OMP_NUM_THREADS": "1"}
 
     def launch(k: int) -> list[float]:
         start = time.time() + 10.0  # both children loaded before they start

@@ -8,6 +8,10 @@ meaningful within one run: the CPU may be shared, so the load average is recorde
    timed), at batch sizes 256..2000, interleaved, best of ``--repeats``. Also reported: forward + noise
    generation (the least any sampler must do). Ratios from wall time and from process CPU time (all
    threads; much less disturbed by other processes on a shared machine). Target: certify / forward >= 0.95.
+   The benchmark keeps glibc malloc's freed memory (``certify.allocator.keep_freed_memory``, as the certify
+   command does) unless ``--default-malloc``: with the defaults the forward pass itself runs up to ~3x slower in
+   some processes (page faults), which hides every other cost.
+1b. allocator: forward and certify throughput at batch 500 in fresh processes, malloc defaults vs kept.
 2. memory: peak RSS growth and tracemalloc peak of one first-order ``certify`` at n_estimate 10,000 vs
    100,000 (each in a fresh subprocess). Target: does not grow with n.
 3. first-order overhead: certify time with ``first_order=True`` / ``False`` at the same n_estimate
@@ -114,12 +118,19 @@ def bench_throughput(args, model, x) -> list[dict]:
         row["ratio_vs_forward_cpu"] = min(cpu["forward"]) / min(cpu["certify"])
         row["ratio_vs_forward_plus_noise_cpu"] = min(cpu["forward+noise"]) / min(cpu["certify"])
         row["ratio_vs_forward"] = row["certify_samples_per_s"] / row["forward_samples_per_s"]
+        # the same repeat's certify and forward runs follow each other: the median of these ratios is the least
+        # sensitive to slow drifts of the machine's speed
+        paired = [f / c for f, c in zip(t_fwd, t_cert)]
+        row["ratio_vs_forward_paired_median"] = statistics.median(paired)
+        row["ratio_vs_forward_paired"] = paired
         row["ratio_vs_forward_plus_noise"] = row["certify_samples_per_s"] / row["forward_plus_noise_samples_per_s"]
         out.append(row)
         print(f"  batch {bs:5d}: certify {row['certify_samples_per_s']:8.0f}/s  "
               f"forward {row['forward_samples_per_s']:8.0f}/s"
               f"  forward+noise {row['forward_plus_noise_samples_per_s']:8.0f}/s  ratio {row['ratio_vs_forward']:.3f}"
-              f" / {row['ratio_vs_forward_plus_noise']:.3f}  (CPU-time ratio {row['ratio_vs_forward_cpu']:.3f} / "
+              f" / {row['ratio_vs_forward_plus_noise']:.3f}"
+              f"  (paired median {row['ratio_vs_forward_paired_median']:.3f};"
+              f" CPU-time ratio {row['ratio_vs_forward_cpu']:.3f} / "
               f"{row['ratio_vs_forward_plus_noise_cpu']:.3f})", flush=True)
     return out
 
@@ -148,6 +159,50 @@ def memory_child(n_estimate: int, batch_size: int, threads: int) -> dict:
     return {"n_estimate": n_estimate, "batch_size": batch_size, "rss_before_mb": base_kb / 1024,
             "rss_peak_mb": peak_kb / 1024, "rss_growth_mb": (peak_kb - base_kb) / 1024,
             "tracemalloc_peak_mb": py_peak / 2 ** 20, "seconds": seconds}
+
+
+def allocator_child(mode: str, threads: int) -> dict:
+    """Run in a fresh process: forward-pass and certify throughput at batch 500 with glibc malloc's defaults
+    ("default") or with freed memory kept ("keep"), and the page faults of one forward pass. No dataset is loaded
+    (a seeded random image): a process that has not yet made large allocations shows the defaults' worst case."""
+    from certify.allocator import keep_freed_memory
+    from certify.smoothing import Smooth
+
+    kept = keep_freed_memory() if mode == "keep" else False
+    torch.set_num_threads(threads)
+    model = _load("fmnist_cnn_sigma0.25")
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand((1, 28, 28), generator=gen)
+    noisy = [x + 0.25 * torch.randn((500, *x.shape), generator=gen) for _ in range(20)]
+    smooth = Smooth(model, num_classes=10, sigma=0.25)
+    fwd, cert, faults = [], [], []
+    with torch.inference_mode():
+        for rep in range(6):
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            t = time.perf_counter()
+            for batch in noisy:
+                model(batch).argmax(1)
+            fwd.append(time.perf_counter() - t)
+            faults.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / len(noisy))
+            t = time.perf_counter()
+            smooth.certify(x, n_select=100, n_estimate=9_900, alpha=0.001, batch_size=500, seed=rep)
+            cert.append(time.perf_counter() - t)
+    return {"mode": mode, "malloc_kept": kept, "forward_samples_per_s": 10_000 / min(fwd[1:]),
+            "certify_samples_per_s": 10_000 / min(cert[1:]), "faults_per_forward": statistics.median(faults[1:])}
+
+
+def bench_allocator(args) -> list[dict]:
+    """Forward and certify speed in fresh processes, glibc malloc defaults vs freed memory kept (alternating)."""
+    out = []
+    for k in range(2 * args.allocator_processes):
+        mode = ("default", "keep")[k % 2]
+        cmd = [sys.executable, __file__, "--allocator-child", mode, "--threads", str(args.threads)]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        row = json.loads(res.stdout.strip().splitlines()[-1])
+        out.append(row)
+        print(f"  {mode:7s}: forward {row['forward_samples_per_s']:8.0f}/s  certify {row['certify_samples_per_s']:8.0f}"
+              f"/s  page faults per forward pass {row['faults_per_forward']:.0f}", flush=True)
+    return out
 
 
 def bench_memory(args) -> list[dict]:
@@ -261,11 +316,23 @@ def main(argv=None) -> int:
     p.add_argument("--images", type=int, default=100, help="test images for the radius ratios")
     p.add_argument("--image-skip", type=int, default=100)
     p.add_argument("--repeats", type=int, default=None)
-    p.add_argument("--parts", nargs="+", default=["throughput", "memory", "overhead", "radii"],
-                   choices=["throughput", "memory", "overhead", "radii"])
+    p.add_argument("--parts", nargs="+", default=["throughput", "allocator", "memory", "overhead", "radii"],
+                   choices=["throughput", "allocator", "memory", "overhead", "radii"])
+    p.add_argument("--allocator-processes", type=int, default=4,
+                   help="fresh processes per malloc setting in the allocator part")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "bench_smoothing.json"))
+    p.add_argument("--default-malloc", action="store_true",
+                   help="leave glibc malloc's defaults (by default the benchmark, like the certify command, keeps "
+                        "freed memory: certify.allocator)")
     p.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--allocator-child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.allocator_child is not None:
+        print(json.dumps(allocator_child(args.allocator_child, args.threads)))
+        return 0
+    from certify.allocator import keep_freed_memory
+
+    malloc_kept = False if args.default_malloc else keep_freed_memory()
     if args.memory_child is not None:
         print(json.dumps(memory_child(args.memory_child, 1000, args.threads)))
         return 0
@@ -282,11 +349,15 @@ def main(argv=None) -> int:
     images = [ds[i][0] for i in idx]
     result = {"settings": {k: v for k, v in vars(args).items() if k != "memory_child"},
               "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "threads": args.threads,
-                          "torch": torch.__version__, "loadavg_start": os.getloadavg()}}
+                          "torch": torch.__version__, "malloc_kept": malloc_kept,
+                          "loadavg_start": os.getloadavg()}}
     t_all = time.perf_counter()
     if "throughput" in args.parts:
         print("throughput (noisy samples/s), certify vs forward-only / forward+noise:", flush=True)
         result["throughput"] = bench_throughput(args, model, images[0])
+    if "allocator" in args.parts:
+        print("glibc malloc defaults vs freed memory kept (fresh processes, batch 500):", flush=True)
+        result["allocator"] = bench_allocator(args)
     if "memory" in args.parts:
         print("memory of one first-order certify:", flush=True)
         result["memory"] = bench_memory(args)
@@ -304,10 +375,17 @@ def main(argv=None) -> int:
 
     print("\n| measurement | value | target |\n|---|---|---|")
     for row in result.get("throughput", []):
-        print(f"| certify / forward samples/s, batch {row['batch_size']} | wall {row['ratio_vs_forward']:.3f}, "
+        print(f"| certify / forward samples/s, batch {row['batch_size']} | wall {row['ratio_vs_forward']:.3f} "
+              f"(paired median {row['ratio_vs_forward_paired_median']:.3f}), "
               f"CPU time {row['ratio_vs_forward_cpu']:.3f} (vs forward+noise: wall "
               f"{row['ratio_vs_forward_plus_noise']:.3f}, CPU {row['ratio_vs_forward_plus_noise_cpu']:.3f}; "
               f"{row['certify_samples_per_s']:.0f}/s) | >= 0.95 |")
+    if "allocator" in result:
+        for mode in ("default", "keep"):
+            rows = [r for r in result["allocator"] if r["mode"] == mode]
+            print(f"| malloc {mode}: forward / certify samples/s, batch 500 ({len(rows)} processes) | "
+                  + ", ".join(f"{r['forward_samples_per_s']:.0f} / {r['certify_samples_per_s']:.0f}" for r in rows)
+                  + " | (report) |")
     if "memory" in result:
         m10, m100 = result["memory"]
         print(f"| peak RSS growth n=10k / n=100k (MB) | {m10['rss_growth_mb']:.1f} / {m100['rss_growth_mb']:.1f} "

@@ -17,6 +17,9 @@ def eval_mode(model: Any) -> Iterator[None]:
         yield
         return
     modes = [(m, m.training) for m in model.modules()]
+    if not any(training for _, training in modes):  # already in eval mode: nothing to switch or restore
+        yield
+        return
     model.eval()
     try:
         yield

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple
 
 from certify._checks import check_int
+from certify.allocator import MALLOC_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -280,13 +281,6 @@ class _CertifyWorker:
 
 
 # ------------------------------------------------------------------------------------------------ driver
-#: glibc malloc settings of the worker processes: keep freed memory on the heap instead of returning every large
-#: per-batch buffer (noisy inputs, activations) to the kernel and faulting it in again on the next batch. A
-#: driver process usually reaches this state by itself after loading a dataset; without it a worker certifies
-#: about 2x slower (measured with ``benchmarks/bench_distributed.py``). Ignored where malloc is not glibc's.
-WORKER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2 ** 32), "MALLOC_TRIM_THRESHOLD_": str(2 ** 32)}
-
-
 def worker_runtime_env() -> dict:
     """Ship the driver's own certify / estimators / semantic_layers packages to the workers."""
     import certify
@@ -299,7 +293,9 @@ def worker_runtime_env() -> dict:
         modules.append(semantic_layers)
     except ImportError:  # pragma: no cover - part of this distribution
         pass
-    return {"py_modules": modules, "env_vars": dict(WORKER_MALLOC_ENV)}
+    # glibc malloc keeps freed memory in the workers (certify.allocator: without it a worker can run several times
+    # slower, faulting every batch's buffers in again)
+    return {"py_modules": modules, "env_vars": dict(MALLOC_ENV)}
 
 
 def _connect(ray: Any, address: str | None, workers: int) -> bool:

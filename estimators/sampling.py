@@ -47,9 +47,11 @@ import functools
 import logging
 import math
 import numbers
+import os
+import queue
 import sys
+import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
@@ -63,6 +65,74 @@ __all__ = ["SampleStats", "sample_noise", "sample_streams", "chunk_segments", "m
 logger = logging.getLogger(__name__)
 
 
+class _Task:
+    """One job for the helper thread: a result to wait for, or a job to take back before the helper starts it."""
+
+    __slots__ = ("fn", "args", "claim", "done", "value", "error")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple) -> None:
+        self.fn, self.args = fn, args
+        self.claim = threading.Lock()  # held by whoever runs the job (the helper) or takes it back (the caller)
+        self.done = threading.Lock()  # released when the helper has run the job
+        self.done.acquire()
+        self.value: Any = None
+        self.error: Optional[BaseException] = None
+
+    def cancel(self) -> bool:
+        """Take the job back; True when the helper had not started it (it never will)."""
+        return self.claim.acquire(blocking=False)
+
+    def result(self) -> Any:
+        """Wait for the helper to finish the job; its value, or its exception raised here."""
+        self.done.acquire()
+        self.done.release()  # a second result() returns at once
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class _Helper:
+    """The process's noise helper thread: one daemon thread, started on first use and kept for later calls, so
+    that a certificate does not pay for starting and joining a thread. Jobs run in submission order. A forked
+    child process gets its own thread on first use (threads do not survive ``fork``)."""
+
+    _lock = threading.Lock()
+    _instance: Optional["_Helper"] = None
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.jobs: "queue.SimpleQueue[_Task]" = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._serve, name="certify-noise", daemon=True)
+        self.thread.start()
+
+    @classmethod
+    def get(cls) -> "_Helper":
+        helper = cls._instance
+        if helper is None or helper.pid != os.getpid():
+            with cls._lock:
+                helper = cls._instance
+                if helper is None or helper.pid != os.getpid():
+                    helper = cls._instance = cls()
+        return helper
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> _Task:
+        task = _Task(fn, args)
+        self.jobs.put(task)
+        return task
+
+    def _serve(self) -> None:
+        while True:
+            task = self.jobs.get()
+            if not task.claim.acquire(blocking=False):  # taken back by the caller
+                continue
+            try:
+                task.value = task.fn(*task.args)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller, raised by result()
+                task.error = exc
+            finally:
+                task.done.release()
+
+
 class _NoiseBatches:
     """Consecutive (z, x + sigma z) batches of sizes ``sizes`` = bs, bs, ..., (rest), drawn from ``generator`` in
     order; the sum is formed in x's dtype and rounded once to ``input_dtype``.
@@ -73,13 +143,13 @@ class _NoiseBatches:
     carried over to the next one.
 
     Two buffer pairs alternate (without ``keep_noise`` the sum overwrites the noise: one buffer per slot). With
-    ``overlap`` a single helper thread draws the noise of batch i + 1 into the other pair while the caller uses
-    batch i; with one intra-op thread it also forms x + sigma z and runs the work queued with :meth:`after` (the
-    vote tally and first-order sums), so the caller's thread only runs the model. A draw the helper has not
-    started when it is needed (no free core) is taken back and done by the caller. The caller must be done with a
-    batch when it asks for the next one. The generator is used by one thread at a time, in batch order, and every
-    operation is the same in either thread, so the results are the same with or without it. Use as a context
-    manager (the helper thread is shut down on exit).
+    ``overlap`` the process's helper thread (:class:`_Helper`) draws the noise of batch i + 1 into the other pair
+    while the caller uses batch i; with one intra-op thread it also forms x + sigma z and runs the work queued
+    with :meth:`after` (the vote tally and first-order sums), so the caller's thread only runs the model. A draw
+    the helper has not started when it is needed (no free core) is taken back and done by the caller. The caller
+    must be done with a batch when it asks for the next one. The generator is used by one thread at a time, in
+    batch order, and every operation is the same in either thread, so the results are the same with or without
+    it. Use as a context manager (on exit a draw still pending is taken back or waited for).
     """
 
     def __init__(self, x: torch.Tensor, sigma: float, bs: int, segments: list[tuple[Any, int]], *,
@@ -104,14 +174,14 @@ class _NoiseBatches:
         self.keep_noise = keep_noise
         self.inputs = [torch.empty((bs, *x.shape), device=x.device, dtype=x.dtype) for _ in range(slots)] \
             if keep_noise else []
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="certify-noise") if overlap else None
+        self.pool = _Helper.get() if overlap else None
         # the helper's extra work uses serial kernels only with one intra-op thread (no second thread team)
         self.helper_sums = self.pool is not None and torch.get_num_threads() == 1
         self.generator: Optional[torch.Generator] = None
         self._segment = -1
         self._carry: Optional[torch.Tensor] = None
         self._next = 0
-        self._pending: Optional[Future] = None
+        self._pending: Optional[_Task] = None
         self._pending_before: tuple[Callable[[], None], ...] = ()
         self._queued: list[Callable[[], None]] = []  # work on earlier batches, run before the next draw
 
@@ -198,22 +268,34 @@ class _NoiseBatches:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+        # a draw still pending (the caller stopped early, e.g. on an error) is taken back, or waited for: no job of
+        # this run may touch its buffers or generator after it ends
+        pending, self._pending = self._pending, None
+        if pending is not None and not pending.cancel():
+            pending.done.acquire()
 
 
-#: the first batch of a run has at most batch_size / RAMP samples, and each next batch at most twice the previous
+#: the first batch of a run has at most max(batch_size / RAMP, RAMP_START) samples, and each next batch at most
+#: RAMP_GROWTH times the batch before it
 RAMP = 8
+RAMP_START = 128
+RAMP_GROWTH = 4
 
 
 def _ramped_batches(lengths: list[int], bs: int) -> list[tuple[int, int]]:
     """(segment, size) of every batch: segments of ``lengths`` cut into batches of at most ``bs`` that never span
-    two segments; when the run has more than ``bs`` samples the batch size ramps up from max(bs / RAMP, 64) by
-    doubling, so the helper thread's first draw (a small batch) is ready before the classifier needs it instead
-    of a whole batch being drawn while the classifier waits. The cut changes nothing but speed: the noise stream
-    does not depend on it (counts identical; first-order sums equal to float rounding) and it does not depend on
-    ``overlap``."""
-    cap = min(bs, max(bs // RAMP, 64)) if sum(lengths) > bs else bs
+    two segments; when the run has more than ``bs`` samples the batch size ramps up from
+    max(bs / RAMP, RAMP_START), each batch at most RAMP_GROWTH times the one before it, so that the helper
+    thread's draw of the next batch (which it makes while the classifier evaluates this one: noise costs far less
+    per sample than a forward pass) is ready in time, instead of a whole batch being drawn while the classifier
+    waits; a short first segment (Cohen's 100 selection samples) stays one batch. The cut changes nothing but
+    speed: the noise stream does not depend on it (counts identical; first-order sums equal to float rounding)
+    and it does not depend on ``overlap``.
+
+    >>> _ramped_batches([100, 9_900], 500)[:4]
+    [(0, 100), (1, 400), (1, 500), (1, 500)]
+    """
+    cap = min(bs, max(bs // RAMP, RAMP_START)) if sum(lengths) > bs else bs
     out = []
     for k, m in enumerate(lengths):
         s = 0
@@ -221,7 +303,7 @@ def _ramped_batches(lengths: list[int], bs: int) -> list[tuple[int, int]]:
             b = min(cap, m - s)
             out.append((k, b))
             s += b
-            cap = min(bs, 2 * cap)
+            cap = min(bs, RAMP_GROWTH * b)
     return out
 
 

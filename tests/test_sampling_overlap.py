@@ -138,3 +138,62 @@ def test_draw_taken_back_from_a_busy_helper_gives_the_same_noise():
     assert ran_ref == ran_got == list(range(5))
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(ref, got))
     assert [where[i] for i in (2, 3, 4)] == [threading.main_thread().name] * 3  # taken back from the helper
+
+
+def test_helper_thread_is_kept_between_calls_and_survives_a_failed_run():
+    """One helper thread per process, reused by later calls; a run that fails mid-way leaves nothing running
+    (its pending draw is taken back or waited for) and the next run gives the same counts as without overlap."""
+    import threading
+
+    from estimators.sampling import _Helper
+
+    x = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(3))
+    ref = sample_noise(_net(), x, sigma=0.5, n=900, num_classes=5, batch_size=100, seed=4, overlap=False)
+    sample_noise(_net(), x, sigma=0.5, n=300, num_classes=5, batch_size=100, seed=4, overlap=True)
+    helper = _Helper.get()
+    calls = []
+
+    def fails_on_third_batch(b):
+        calls.append(b.shape[0])
+        if len(calls) == 3:
+            raise RuntimeError("boom")
+        return _net()(b)
+
+    with pytest.raises(RuntimeError, match="boom"):
+        sample_noise(fails_on_third_batch, x, sigma=0.5, n=900, num_classes=5, batch_size=100, seed=4, overlap=True)
+    got = sample_noise(_net(), x, sigma=0.5, n=900, num_classes=5, batch_size=100, seed=4, overlap=True)
+    assert np.array_equal(got.counts, ref.counts)
+    assert _Helper.get() is helper and helper.thread.is_alive()
+    assert sum(t.name == "certify-noise" for t in threading.enumerate()) == 1
+
+
+def test_helper_thread_in_a_forked_child():
+    """Threads do not survive fork: a child process starts its own helper (instead of waiting forever on the
+    parent's) and gets the same counts."""
+    import multiprocessing
+
+    x = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(5))
+    parent = sample_noise(_net(), x, sigma=0.5, n=700, num_classes=5, batch_size=100, seed=2, overlap=True)
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        child = pool.apply_async(_child_counts, (x,)).get(timeout=120)
+    assert np.array_equal(child, parent.counts)
+
+
+def _child_counts(x):
+    from estimators.sampling import _Helper
+
+    counts = sample_noise(_net(), x, sigma=0.5, n=700, num_classes=5, batch_size=100, seed=2, overlap=True).counts
+    assert _Helper.get().thread.is_alive()
+    return counts
+
+
+def test_helper_errors_reach_the_caller():
+    from estimators.sampling import _Helper
+
+    def fail():
+        raise KeyError("in the helper")
+
+    with pytest.raises(KeyError, match="in the helper"):
+        _Helper.get().submit(fail).result()
+    assert _Helper.get().submit(lambda: 7).result() == 7
