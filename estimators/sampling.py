@@ -65,6 +65,12 @@ __all__ = ["SampleStats", "sample_noise", "sample_streams", "chunk_segments", "m
 logger = logging.getLogger(__name__)
 
 
+#: draws handed to the noise helper thread at once (each needs one more buffer slot), when a slot has at most
+#: GROUP_MAX_SLOT_BYTES bytes (larger batches: one at a time)
+GROUP = 3
+GROUP_MAX_SLOT_BYTES = 16 * 2 ** 20
+
+
 class _Task:
     """One job for the helper thread: a result to wait for, or a job to take back before the helper starts it."""
 
@@ -77,6 +83,10 @@ class _Task:
         self.done.acquire()
         self.value: Any = None
         self.error: Optional[BaseException] = None
+
+    def started(self) -> bool:
+        """Whether the helper has started the job (a peek: False may be out of date by the time it returns)."""
+        return self.claim.locked()
 
     def cancel(self) -> bool:
         """Take the job back; True when the helper had not started it (it never will)."""
@@ -166,8 +176,12 @@ class _NoiseBatches:
         self.segments = segments
         self.noise_source = noise_source
         self.block = 16 // math.gcd(int(x.numel()), 16)
-        slots = 2 if overlap else 1
         rows = bs + self.block - 1  # carried rows (< block) + the whole blocks drawn for one batch
+        # draws handed to the helper at once: waking an idle helper thread costs tens of microseconds on some
+        # machines, so small batches are handed over GROUP at a time (one more buffer slot each)
+        slot_bytes = rows * x.numel() * x.element_size()
+        self.group = (GROUP if slot_bytes <= GROUP_MAX_SLOT_BYTES else 1) if overlap else 0
+        slots = self.group + 1
         self.noise = [torch.empty((rows, *x.shape), device=x.device, dtype=x.dtype) for _ in range(slots)]
         # without first-order sums z is not needed after x + sigma z: the sum overwrites it (half the memory
         # traffic; the same operation, so the same values)
@@ -181,8 +195,8 @@ class _NoiseBatches:
         self._segment = -1
         self._carry: Optional[torch.Tensor] = None
         self._next = 0
-        self._pending: Optional[_Task] = None
-        self._pending_before: tuple[Callable[[], None], ...] = ()
+        # batch index -> (its draw handed to the helper, the queued work that draw runs first)
+        self._pending: dict[int, tuple[_Task, tuple[Callable[[], None], ...]]] = {}
         self._queued: list[Callable[[], None]] = []  # work on earlier batches, run before the next draw
 
     def _enter_segment(self, i: int) -> None:
@@ -229,25 +243,48 @@ class _NoiseBatches:
             return z, (self._sum(i, z) if self.helper_sums else None)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The next (z, x + sigma z); with overlap, also starts drawing the noise after it. A draw the helper
-        has not started yet when it is needed is taken back and done in the caller's thread."""
+        """The next (z, x + sigma z); with overlap, when the helper has no draw left in hand, also hands it the
+        draws of the next ``group`` batches. A draw the helper has not started when it is needed is taken back
+        (with every later one) and done in the caller's thread."""
         i = self._next
         self._next += 1
-        pending, self._pending = self._pending, None
-        if pending is None:
+        entry = self._pending.pop(i, None)
+        if entry is None:
             z, batch = self._draw(i)
-        elif pending.cancel():  # the helper has not started it (e.g. no free core): draw here, same order
-            z, batch = self._draw(i, self._pending_before)
-        else:
-            z, batch = pending.result()
-        if self.pool is not None and i + 1 < len(self.sizes):
-            # queued work first: the draw reuses the buffers it reads
-            self._pending_before, self._queued = tuple(self._queued), []
-            self._pending = self.pool.submit(self._draw, i + 1, self._pending_before)
+        elif entry[0].started():
+            z, batch = entry[0].result()
+        else:  # not started (e.g. no free core): take it back, the later draws first (the helper must not run
+            # them before draw i), and draw here, in the same order
+            taken = self._take_back(after=i)
+            if entry[0].cancel():
+                z, batch = self._draw(i, entry[1] + taken)
+            else:  # the helper started draw i meanwhile; the later draws taken back are handed over again below
+                self._queued[:0] = taken
+                z, batch = entry[0].result()
+        if self.pool is not None and i + 1 < len(self.sizes) and not self._pending:
+            # slots: the caller holds batch i's, the next `group` draws fill the others; the queued work (on
+            # earlier batches, whose buffers these draws reuse) runs first
+            before, self._queued = tuple(self._queued), []
+            for j in range(i + 1, min(i + 1 + self.group, len(self.sizes))):
+                self._pending[j] = (self.pool.submit(self._draw, j, before), before)
+                before = ()
         if batch is None:
             with torch.inference_mode():
                 batch = self._sum(i, z)
         return z, batch
+
+    def _take_back(self, *, after: int) -> tuple[Callable[[], None], ...]:
+        """Cancel the pending draws of batches > ``after``, last first, up to the first one the helper has
+        started (it then holds the earlier ones too); the queued work of those taken back is returned, in order
+        (it must still run before their draws, which are handed over again later)."""
+        taken: list[tuple[Callable[[], None], ...]] = []
+        for j in sorted((j for j in self._pending if j > after), reverse=True):
+            task, before = self._pending[j]
+            if not task.cancel():
+                break
+            del self._pending[j]
+            taken.append(before)
+        return tuple(fn for before in reversed(taken) for fn in before)
 
     def after(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` (work on the current batch's noise) now, or queue it for the helper thread, which runs it
@@ -268,11 +305,14 @@ class _NoiseBatches:
         return self
 
     def __exit__(self, *exc) -> None:
-        # a draw still pending (the caller stopped early, e.g. on an error) is taken back, or waited for: no job of
-        # this run may touch its buffers or generator after it ends
-        pending, self._pending = self._pending, None
-        if pending is not None and not pending.cancel():
-            pending.done.acquire()
+        # draws still pending (the caller stopped early, e.g. on an error) are taken back, or waited for: no job
+        # of this run may touch its buffers or generator after it ends
+        for j in sorted(self._pending, reverse=True):
+            task = self._pending[j][0]
+            if not task.cancel():
+                task.done.acquire()
+                task.done.release()
+        self._pending.clear()
 
 
 #: the first batch of a run has at most max(batch_size / RAMP, RAMP_START) samples, and each next batch at most

@@ -100,44 +100,86 @@ def test_smooth_certificates_identical_for_batch_sizes_and_noise_thread():
     assert len({(c.label, c.counts, c.counts_select, c.p_lower) for c in certs}) == 1
 
 
-def test_draw_taken_back_from_a_busy_helper_gives_the_same_noise():
-    """When the helper thread has not started the next draw (here: it is held busy), the caller cancels it and
-    draws itself; the stream, and the work queued for the helper, are unchanged."""
+def _traced_batches(overlap, *, hold=None, release_after=None, block_draw=None, unblock=None):
+    """Every batch of a 45-sample stream (batches of 10), the order the queued work ran in, and the thread
+    that drew each batch. ``hold``: an Event the helper waits on from before the run (it is busy, so every draw
+    handed to it is taken back until ``release_after``); ``block_draw``: a batch whose draw, in the helper,
+    waits for the Event ``unblock``."""
     import threading
 
-    from estimators.sampling import _NoiseBatches, make_generator
+    from estimators.sampling import _Helper, _NoiseBatches, make_generator
 
     x = torch.rand(3, 7, 7, generator=torch.Generator().manual_seed(1))
-
-    def batches(overlap):
-        out, ran, where = [], [], {}
-        hold = threading.Event()
+    out, ran, where = [], [], {}
+    helper_drew = threading.Event()  # set when the helper starts a draw
+    if hold is not None:
+        _Helper.get().submit(hold.wait)  # the helper is busy from before the run
+    try:
         with _NoiseBatches(x, 0.5, 10, [(make_generator(5, "cpu"), 45)], input_dtype=x.dtype,
                            overlap=overlap) as src:
             draw = src._draw
 
             def traced(i, before=()):
                 where[i] = threading.current_thread().name
+                if where[i] == "certify-noise":
+                    helper_drew.set()
+                    if i == block_draw:
+                        unblock.wait(30)
                 return draw(i, before)
 
             src._draw = traced
-            try:
-                for i in range(len(src.sizes)):
-                    z, batch = src.next()
-                    out.append((z.clone(), batch.clone()))
-                    src.after(lambda i=i: ran.append(i))
-                    if overlap and i == 0:
-                        src.pool.submit(hold.wait)  # the helper is busy from its next job on
-                src.finish()
-            finally:
-                hold.set()
-        return out, ran, where
+            for i in range(len(src.sizes)):
+                if i == block_draw:
+                    assert helper_drew.wait(30)  # the helper is inside this batch's draw
+                z, batch = src.next()
+                out.append((z.clone(), batch.clone()))
+                src.after(lambda i=i: ran.append(i))
+                if i == release_after:
+                    hold.set()
+                    assert helper_drew.wait(30)  # the draws handed over again reach the free helper
+            src.finish()
+    finally:
+        if hold is not None:
+            hold.set()
+    return out, ran, where
 
-    ref, ran_ref, _ = batches(False)
-    got, ran_got, where = batches(True)
+
+@pytest.mark.parametrize("release_after", [None, 1])
+def test_draws_taken_back_from_a_busy_helper_give_the_same_noise(release_after):
+    """When the helper has not started the draws handed to it (here: it is held busy), the caller takes them
+    back, the later ones first, and draws itself; the stream, and the work queued for the helper, are unchanged.
+    Released after batch 1, the helper draws the later batches again."""
+    import threading
+
+    ref, ran_ref, _ = _traced_batches(False)
+    got, ran_got, where = _traced_batches(True, hold=threading.Event(), release_after=release_after)
     assert ran_ref == ran_got == list(range(5))
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(ref, got))
-    assert [where[i] for i in (2, 3, 4)] == [threading.main_thread().name] * 3  # taken back from the helper
+    main = threading.main_thread().name
+    assert [where[i] for i in (0, 1)] == [main, main]  # the first batch, then taken back from the busy helper
+    if release_after is None:
+        assert [where[i] for i in (2, 3, 4)] == [main] * 3
+    else:
+        assert "certify-noise" in {where[i] for i in (2, 3, 4)}
+
+
+def test_later_draws_taken_back_while_the_helper_runs_an_earlier_one():
+    """The helper is inside batch 1's draw when the caller needs it: the caller takes back batches 2 and 3
+    (not started), waits for batch 1, then hands them over again; same noise, same queued work."""
+    import threading
+
+    unblock = threading.Event()
+    timer = threading.Timer(0.5, unblock.set)
+    timer.start()
+    try:
+        ref, ran_ref, _ = _traced_batches(False)
+        got, ran_got, where = _traced_batches(True, block_draw=1, unblock=unblock)
+    finally:
+        timer.cancel()
+        unblock.set()
+    assert ran_ref == ran_got == list(range(5))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(ref, got))
+    assert where[1] == "certify-noise"
 
 
 def test_helper_thread_is_kept_between_calls_and_survives_a_failed_run():
