@@ -21,7 +21,8 @@ classifier, so the certified base classifier is y -> classifier(round(y)) with G
 
 Noise source hook: ``noise_source(b, generator)`` replaces x + sigma z by any batch of classifier inputs
 (e.g. the lattice noise of :mod:`estimators.lattice`); first-order sums need the Gaussian z and are then
-unavailable.
+unavailable. The batch it returns must stay intact while the next call runs (the helper thread draws at most
+one batch ahead with a noise source; :class:`estimators.lattice.LatticeSource` alternates two buffers).
 
 Determinism: all noise comes from one ``torch.Generator`` on x's device, seeded with ``seed`` (or supplied by
 the caller) and consumed in order, every ``normal_`` call covering a whole number of 16-value chunks (rows drawn
@@ -180,7 +181,10 @@ class _NoiseBatches:
         # draws handed to the helper at once: waking an idle helper thread costs tens of microseconds on some
         # machines, so small batches are handed over GROUP at a time (one more buffer slot each)
         slot_bytes = rows * x.numel() * x.element_size()
-        self.group = (GROUP if slot_bytes <= GROUP_MAX_SLOT_BYTES else 1) if overlap else 0
+        # a noise_source owns its output buffers and may keep only the last two intact (LatticeSource): its draws
+        # go to the helper one at a time
+        grouped = slot_bytes <= GROUP_MAX_SLOT_BYTES and noise_source is None
+        self.group = (GROUP if grouped else 1) if overlap else 0
         slots = self.group + 1
         self.noise = [torch.empty((rows, *x.shape), device=x.device, dtype=x.dtype) for _ in range(slots)]
         # without first-order sums z is not needed after x + sigma z: the sum overwrites it (half the memory

@@ -24,6 +24,21 @@ def test_clopper_pearson_matches_statsmodels(k, n, alpha):
     assert clopper_pearson_upper(k, n, alpha) == pytest.approx(hi_ref, abs=1e-12)
 
 
+def test_clopper_pearson_equals_scipy_beta_quantiles_bit_for_bit():
+    """The bounds call scipy.special.betaincinv directly; they must equal scipy.stats.beta's quantiles exactly
+    (the function stats.beta.ppf evaluates), so that no certificate changes by even one ulp."""
+    rng = np.random.default_rng(0)
+    n = rng.integers(1, 2_000_000, 20_000)
+    k = rng.integers(0, n + 1)
+    for alpha in (0.001, 0.05, 1e-6, 0.0005 / 3):
+        pos, lt = k > 0, k < n
+        lower = np.asarray(clopper_pearson_lower(k, n, alpha))
+        upper = np.asarray(clopper_pearson_upper(k, n, alpha))
+        assert np.array_equal(lower[pos], stats.beta.ppf(alpha, k[pos], n[pos] - k[pos] + 1))
+        assert np.array_equal(upper[lt], stats.beta.ppf(1 - alpha, k[lt] + 1, n[lt] - k[lt]))
+        assert np.all(lower[~pos] == 0.0) and np.all(upper[~lt] == 1.0)
+
+
 def test_clopper_pearson_all_agree_closed_form():
     # all n samples agree: lower bound = alpha^(1/n) exactly
     for n in (1, 10, 100, 100_000):

@@ -49,6 +49,28 @@ def test_overlap_with_a_noise_source_is_identical():
     assert np.array_equal(runs[0].counts, runs[1].counts) and runs[0].counts.sum() == 1037
 
 
+def test_a_noise_source_is_drawn_at_most_one_batch_ahead():
+    """A noise source may keep only its last two batches intact (LatticeSource alternates two buffers), so the
+    helper thread must never run more than one call ahead of the batch the classifier is evaluating."""
+    import time
+
+    calls = []
+    seen = []
+
+    def source(b, generator):
+        calls.append(b)
+        return torch.rand((b, 4), generator=generator)
+
+    def classifier(batch):
+        time.sleep(0.005)  # time for the helper to run ahead, as far as it may
+        seen.append(len(calls))
+        return batch[:, :2]
+
+    sample_noise(classifier, torch.zeros(4), sigma=1.0, n=1000, num_classes=2, batch_size=100, seed=0,
+                 noise_source=source, overlap=True)
+    assert len(seen) == 10 and all(c <= i + 2 for i, c in enumerate(seen))  # batches 0..i+1 drawn at most
+
+
 def test_smooth_noise_thread_option():
     """Smooth(noise_thread=...) only moves the noise drawing to a helper thread: identical certificates."""
     import certify
