@@ -7,8 +7,10 @@ meaningful within one run: the CPU may be shared, so the load average is recorde
    same model on the same number of noisy inputs (pre-generated, so only the forward pass + argmax is
    timed), at batch sizes 256..2000, certify and forward alternating, best of ``--repeats`` and the median of
    the per-repeat ratios. Also reported (measured in a pass of its own): forward + noise generation in one
-   thread (the least a sampler without a helper thread must do). Ratios from wall time and from process CPU time (all
-   threads; much less disturbed by other processes on a shared machine). Target: certify / forward >= 0.95.
+   thread (the least a sampler without a helper thread must do). ``--throughput-processes K`` repeats this in
+   K fresh processes and reports the median over them (one process's speed depends on its heap layout).
+   Ratios from wall time and from process CPU time (all threads; much less disturbed by other processes on a
+   shared machine). Target: certify / forward >= 0.95.
    The benchmark keeps glibc malloc's freed memory (``certify.allocator.keep_freed_memory``, as the certify
    command does) unless ``--default-malloc``: with the defaults the forward pass itself runs up to ~3x slower in
    some processes (page faults), which hides every other cost.
@@ -177,6 +179,36 @@ def memory_child(n_estimate: int, batch_size: int, threads: int) -> dict:
             "tracemalloc_peak_mb": py_peak / 2 ** 20, "seconds": seconds}
 
 
+def throughput_in_processes(args) -> list[list[dict]]:
+    """The throughput part in ``args.throughput_processes`` fresh processes, one after another."""
+    runs = []
+    for k in range(args.throughput_processes):
+        cmd = [sys.executable, __file__, "--throughput-child", "--threads", str(args.threads), "--repeats",
+               str(args.repeats), "--n-throughput", str(args.n_throughput), "--batch-sizes",
+               *map(str, args.batch_sizes)] + (["--default-malloc"] if args.default_malloc else [])
+        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        runs.append(json.loads(res.stdout.strip().splitlines()[-1]))
+        print(f"  process {k + 1}: paired median certify / forward "
+              + ", ".join(f"batch {r['batch_size']} {r['ratio_vs_forward_paired_median']:.3f}" for r in runs[-1]),
+              flush=True)
+    return runs
+
+
+def median_over_processes(runs: list[list[dict]]) -> list[dict]:
+    """Per batch size: the median over processes of every number of :func:`bench_throughput`'s rows, and the
+    per-process paired medians."""
+    out = []
+    for rows in zip(*runs):
+        row = {"batch_size": rows[0]["batch_size"], "samples": rows[0]["samples"], "repeats": rows[0]["repeats"],
+               "processes": len(rows)}
+        for key, value in rows[0].items():
+            if isinstance(value, float):
+                row[key] = statistics.median(r[key] for r in rows)
+        row["ratio_vs_forward_paired_median_per_process"] = [r["ratio_vs_forward_paired_median"] for r in rows]
+        out.append(row)
+    return out
+
+
 def allocator_child(mode: str, threads: int) -> dict:
     """Run in a fresh process: forward-pass and certify throughput at batch 500 with glibc malloc's defaults
     ("default") or with freed memory kept ("keep"), and the page faults of one forward pass. No dataset is loaded
@@ -321,76 +353,16 @@ def bench_radii(args) -> list[dict]:
     return out
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="smaller n, fewer repeats and images")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 500, 1000, 2000])
-    p.add_argument("--n-throughput", type=int, default=None, help="n_estimate of the throughput runs")
-    p.add_argument("--n-overhead", type=int, default=None, help="n_estimate of the first-order overhead runs")
-    p.add_argument("--n-radii", type=int, default=None, help="n_estimate of the radius-ratio runs")
-    p.add_argument("--images", type=int, default=100, help="test images for the radius ratios")
-    p.add_argument("--image-skip", type=int, default=100)
-    p.add_argument("--repeats", type=int, default=None)
-    p.add_argument("--parts", nargs="+", default=["throughput", "allocator", "memory", "overhead", "radii"],
-                   choices=["throughput", "allocator", "memory", "overhead", "radii"])
-    p.add_argument("--allocator-processes", type=int, default=4,
-                   help="fresh processes per malloc setting in the allocator part")
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "bench_smoothing.json"))
-    p.add_argument("--default-malloc", action="store_true",
-                   help="leave glibc malloc's defaults (by default the benchmark, like the certify command, keeps "
-                        "freed memory: certify.allocator)")
-    p.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--allocator-child", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.allocator_child is not None:
-        print(json.dumps(allocator_child(args.allocator_child, args.threads)))
-        return 0
-    from certify.allocator import keep_freed_memory
-
-    malloc_kept = False if args.default_malloc else keep_freed_memory()
-    if args.memory_child is not None:
-        print(json.dumps(memory_child(args.memory_child, 1000, args.threads)))
-        return 0
-    quick = args.quick
-    args.n_throughput = args.n_throughput or (4_000 if quick else 10_000)
-    args.n_overhead = args.n_overhead or (5_000 if quick else 20_000)
-    args.n_radii = args.n_radii or (2_000 if quick else 10_000)
-    args.repeats = args.repeats or (6 if quick else 12)
-    args.overhead_repeats = 2 if quick else 4
-    torch.set_num_threads(args.threads)
-
-    model = _load("fmnist_cnn_sigma0.25")
-    ds, idx = _images(3, 1000)
-    images = [ds[i][0] for i in idx]
-    result = {"settings": {k: v for k, v in vars(args).items() if k != "memory_child"},
-              "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "threads": args.threads,
-                          "torch": torch.__version__, "malloc_kept": malloc_kept,
-                          "loadavg_start": os.getloadavg()}}
-    t_all = time.perf_counter()
-    if "throughput" in args.parts:
-        print("throughput (noisy samples/s), certify vs forward-only / forward+noise:", flush=True)
-        result["throughput"] = bench_throughput(args, model, images[0])
-    if "allocator" in args.parts:
-        print("glibc malloc defaults vs freed memory kept (fresh processes, batch 500):", flush=True)
-        result["allocator"] = bench_allocator(args)
-    if "memory" in args.parts:
-        print("memory of one first-order certify:", flush=True)
-        result["memory"] = bench_memory(args)
-    if "overhead" in args.parts:
-        print("first-order overhead:", flush=True)
-        result["first_order_overhead"] = bench_first_order_time(args, model, images)
-    if "radii" in args.parts:
-        print("first-order / zeroth-order radius ratios:", flush=True)
-        result["radius_ratios"] = bench_radii(args)
-    result["machine"]["loadavg_end"] = os.getloadavg()
-    result["seconds"] = time.perf_counter() - t_all
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-
+def print_table(result: dict) -> None:
+    """The summary table of a benchmark result."""
     print("\n| measurement | value | target |\n|---|---|---|")
     for row in result.get("throughput", []):
+        if "processes" in row:
+            print(f"| certify / forward, batch {row['batch_size']}, median of {row['processes']} processes | paired "
+                  f"median {row['ratio_vs_forward_paired_median']:.3f} (per process "
+                  + ", ".join(f"{v:.3f}" for v in row["ratio_vs_forward_paired_median_per_process"])
+                  + f"), best-of {row['ratio_vs_forward']:.3f} | >= 0.95 |")
+            continue
         print(f"| certify / forward samples/s, batch {row['batch_size']} | wall {row['ratio_vs_forward']:.3f} "
               f"(paired median {row['ratio_vs_forward_paired_median']:.3f}), "
               f"CPU time {row['ratio_vs_forward_cpu']:.3f} (vs forward+noise: wall "
@@ -418,6 +390,88 @@ def main(argv=None) -> int:
               f"imgs) | " + ", ".join(f"{n} {row[f'{n}_mean_ratio']:.3f}" for n in NORMS)
               + " (vs own zeroth: " + ", ".join(f"{row[f'{n}_mean_ratio_vs_own_zeroth']:.3f}" for n in NORMS)
               + ") | (report) |")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="smaller n, fewer repeats and images")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 500, 1000, 2000])
+    p.add_argument("--n-throughput", type=int, default=None, help="n_estimate of the throughput runs")
+    p.add_argument("--n-overhead", type=int, default=None, help="n_estimate of the first-order overhead runs")
+    p.add_argument("--n-radii", type=int, default=None, help="n_estimate of the radius-ratio runs")
+    p.add_argument("--images", type=int, default=100, help="test images for the radius ratios")
+    p.add_argument("--image-skip", type=int, default=100)
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--parts", nargs="+", default=["throughput", "allocator", "memory", "overhead", "radii"],
+                   choices=["throughput", "allocator", "memory", "overhead", "radii"])
+    p.add_argument("--throughput-processes", type=int, default=1,
+                   help="run the throughput part in this many fresh processes, one after another, and report the "
+                        "median over them (the speed of one process depends on its heap layout: a few %%)")
+    p.add_argument("--allocator-processes", type=int, default=4,
+                   help="fresh processes per malloc setting in the allocator part")
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "bench_smoothing.json"))
+    p.add_argument("--default-malloc", action="store_true",
+                   help="leave glibc malloc's defaults (by default the benchmark, like the certify command, keeps "
+                        "freed memory: certify.allocator)")
+    p.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--allocator-child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--throughput-child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.allocator_child is not None:
+        print(json.dumps(allocator_child(args.allocator_child, args.threads)))
+        return 0
+    from certify.allocator import keep_freed_memory
+
+    malloc_kept = False if args.default_malloc else keep_freed_memory()
+    if args.memory_child is not None:
+        print(json.dumps(memory_child(args.memory_child, 1000, args.threads)))
+        return 0
+    quick = args.quick
+    args.n_throughput = args.n_throughput or (4_000 if quick else 10_000)
+    args.n_overhead = args.n_overhead or (5_000 if quick else 20_000)
+    args.n_radii = args.n_radii or (2_000 if quick else 10_000)
+    args.repeats = args.repeats or (6 if quick else 12)
+    args.overhead_repeats = 2 if quick else 4
+    torch.set_num_threads(args.threads)
+
+    model = _load("fmnist_cnn_sigma0.25")
+    ds, idx = _images(3, 1000)
+    images = [ds[i][0] for i in idx]
+    result = {"settings": {k: v for k, v in vars(args).items() if k != "memory_child"},
+              "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "threads": args.threads,
+                          "torch": torch.__version__, "malloc_kept": malloc_kept,
+                          "loadavg_start": os.getloadavg()}}
+    t_all = time.perf_counter()
+    if args.throughput_child:
+        print(json.dumps(bench_throughput(args, model, images[0])))
+        return 0
+    if "throughput" in args.parts:
+        print("throughput (noisy samples/s), certify vs forward-only / forward+noise:", flush=True)
+        if args.throughput_processes > 1:
+            result["throughput_processes"] = throughput_in_processes(args)
+            result["throughput"] = median_over_processes(result["throughput_processes"])
+        else:
+            result["throughput"] = bench_throughput(args, model, images[0])
+    if "allocator" in args.parts:
+        print("glibc malloc defaults vs freed memory kept (fresh processes, batch 500):", flush=True)
+        result["allocator"] = bench_allocator(args)
+    if "memory" in args.parts:
+        print("memory of one first-order certify:", flush=True)
+        result["memory"] = bench_memory(args)
+    if "overhead" in args.parts:
+        print("first-order overhead:", flush=True)
+        result["first_order_overhead"] = bench_first_order_time(args, model, images)
+    if "radii" in args.parts:
+        print("first-order / zeroth-order radius ratios:", flush=True)
+        result["radius_ratios"] = bench_radii(args)
+    result["machine"]["loadavg_end"] = os.getloadavg()
+    result["seconds"] = time.perf_counter() - t_all
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+
+    print_table(result)
     print(f"\nwrote {out} ({result['seconds']:.0f} s; load average {result['machine']['loadavg_start'][0]:.1f} -> "
           f"{result['machine']['loadavg_end'][0]:.1f})")
     return 0

@@ -3,12 +3,12 @@
 PyTorch's CPU tensors come from the C library's ``malloc``. With glibc's defaults a freed block larger than the
 (dynamic) mmap threshold, or at the top of the heap beyond the trim threshold, goes back to the kernel, and the
 next batch's activations of the same size are faulted in again, page by page. Randomized smoothing runs the
-same model on thousands of equal batches, so this page-fault work can dominate: for the shipped Fashion-MNIST
-CNN at batch 500 on one CPU thread a forward pass takes about 3x longer with it than without it, and whether it
-happens depends on the heap's history (two processes running the same code can differ by that factor;
-``benchmarks/bench_smoothing.py`` records both). :func:`keep_freed_memory` raises glibc's mmap threshold and trim
-threshold to :data:`MALLOC_THRESHOLD` bytes, so freed blocks stay in the process and are reused: the process's
-resident memory then stays near its peak instead of shrinking between batches.
+same model on thousands of equal batches, so this page-fault work can dominate a small model's forward pass,
+and whether it happens depends on the heap's history, so two processes running the same code can differ in speed
+by a large factor (measured in ``benchmarks/bench_smoothing.py --parts allocator``). :func:`keep_freed_memory`
+raises glibc's mmap threshold and trim threshold to :data:`MALLOC_THRESHOLD` bytes, so freed blocks stay in the
+process and are reused: the process's resident memory then stays near its peak instead of shrinking between
+batches.
 
 The ``certify`` command line calls it once at start, and the Ray worker processes start with the same settings
 (:data:`MALLOC_ENV`); Python users call it themselves (it changes the whole process, so the library never does it
