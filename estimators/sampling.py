@@ -108,6 +108,7 @@ class _Helper:
     child process gets its own thread on first use (threads do not survive ``fork``)."""
 
     _lock = threading.Lock()
+    _lock_pid = os.getpid()
     _instance: Optional["_Helper"] = None
 
     def __init__(self) -> None:
@@ -120,6 +121,8 @@ class _Helper:
     def get(cls) -> "_Helper":
         helper = cls._instance
         if helper is None or helper.pid != os.getpid():
+            if cls._lock_pid != os.getpid():  # a forked child: the parent's lock may have been held at the fork
+                cls._lock, cls._lock_pid = threading.Lock(), os.getpid()
             with cls._lock:
                 helper = cls._instance
                 if helper is None or helper.pid != os.getpid():

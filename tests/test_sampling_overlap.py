@@ -233,13 +233,17 @@ def test_helper_thread_is_kept_between_calls_and_survives_a_failed_run():
 
 def test_helper_thread_in_a_forked_child():
     """Threads do not survive fork: a child process starts its own helper (instead of waiting forever on the
-    parent's) and gets the same counts."""
+    parent's, or on a lock the parent held at the fork) and gets the same counts."""
     import multiprocessing
 
     x = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(5))
     parent = sample_noise(_net(), x, sigma=0.5, n=700, num_classes=5, batch_size=100, seed=2, overlap=True)
+    from estimators.sampling import _Helper
+
     ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(1) as pool:
+    with _Helper._lock:  # held by another thread of the parent at the fork: the child must not wait for it
+        pool = ctx.Pool(1)
+    with pool:
         child = pool.apply_async(_child_counts, (x,)).get(timeout=120)
     assert np.array_equal(child, parent.counts)
 
