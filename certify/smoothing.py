@@ -455,21 +455,22 @@ class Smooth:
         seed_select, seed_estimate = derive_seeds(v["seed"], 2)
         seq: dict[str, Any] = {}
         est = None
+        n_used = v["n_estimate"]
         with _eval_mode(self.model):
             if not (sequential or first_order):  # both streams in one pass: no label needed before estimating
                 sel, est = self._sample_streams(xt, [(v["n_select"], seed_select), (v["n_estimate"], seed_estimate)],
                                                 batch_size=v["batch_size"])
+                est_counts = est.counts
             else:
                 sel = self._sample(xt, n=v["n_select"], batch_size=v["batch_size"], seed=seed_select)
-            label = int(np.argmax(sel.counts))
-            if sequential:
-                seq = self._estimate_sequential(xt, label, v, seed_estimate)
-                est_counts, n_used = seq.pop("counts"), seq["n_used"]
-            else:
-                if est is None:
+                label = int(np.argmax(sel.counts))
+                if sequential:
+                    seq = self._estimate_sequential(xt, label, v, seed_estimate)
+                    est_counts, n_used = seq.pop("counts"), seq["n_used"]
+                else:  # first order: the half sums are taken for the selected label
                     est = self._sample(xt, n=v["n_estimate"], batch_size=v["batch_size"], seed=seed_estimate,
-                                       target=label if first_order else None)
-                est_counts, n_used = est.counts, v["n_estimate"]
+                                       target=label)
+                    est_counts = est.counts
         return self._finish(xt, v, sel.counts, est_counts, n_used=n_used, est=est, seq=seq, start=start,
                             first_order=first_order, sequential=sequential)
 

@@ -10,10 +10,10 @@ For an input x (any shape S, one example), a noise level sigma and a callable ``
   The half means m_h = half_sums[h] / n_h are independent unbiased estimates of sigma * grad pA(x)
   (see :mod:`estimators.gradient`).
 
-Memory is O(batch_size * D) regardless of n: two noise buffers (and, for first-order sums, two input
-buffers; otherwise x + sigma z overwrites the noise) are reused. The first-order
-sums cost one (2, B) @ (B, D) matrix product per batch. No per-sample Python work; counts stay on the device
-and are read back once.
+Memory is O(batch_size * D) regardless of n: a few noise buffers (one, or with the helper thread ``GROUP`` + 1
+for small batches and 2 for large ones; as many input buffers for first-order sums, otherwise x + sigma z
+overwrites the noise) are reused. The first-order sums cost one (2, B) @ (B, D) matrix product per batch. No
+per-sample Python work; counts stay on the device and are read back once.
 
 Precision: noise is drawn and added in float32 or float64, never in a half dtype: for a float16/bfloat16 x the
 sum x + sigma z is formed in float32 and rounded once to ``input_dtype`` (default x's dtype) for the
@@ -34,10 +34,10 @@ Chunks (``chunk_size``, :func:`chunk_segments`): a seeded stream may be cut into
 samples, chunk k drawn from its own generator (chunk 0 from the seed itself); a batch never spans two chunks, so
 the samples of a chunk are the same whether it is drawn alone (``first_chunk``, e.g. by another process) or as
 part of the whole stream. :func:`sample_streams` runs several independent streams through one pipeline. On CPU
-the next batch's noise is drawn by one helper thread while the classifier evaluates the current batch
-(``overlap``; two buffer pairs alternate); with one intra-op thread the helper also forms x + sigma z, counts
-the votes and accumulates the first-order sums, so the caller's thread only runs the classifier. The helper consumes the
-generator in the same order and runs the same operations, so every result is identical either way. Results are
+the next batches' noise is drawn by one helper thread while the classifier evaluates the current batch
+(``overlap``; the buffer slots rotate); with one intra-op thread the helper also forms x + sigma z, counts the
+votes and accumulates the first-order sums, so the caller's thread only runs the classifier. The helper consumes
+the generator in the same order and runs the same operations, so every result is identical either way. Results are
 identical for the same (seed, n, input, device type, torch version). Scores are computed under
 ``torch.inference_mode``. The classifier's train/eval mode is NOT changed here (``certify.smoothing.Smooth``
 handles that).
@@ -93,10 +93,14 @@ class _Task:
         """Take the job back; True when the helper had not started it (it never will)."""
         return self.claim.acquire(blocking=False)
 
+    def wait(self) -> None:
+        """Wait until the helper has run the job (returns at once when it has)."""
+        self.done.acquire()
+        self.done.release()
+
     def result(self) -> Any:
         """Wait for the helper to finish the job; its value, or its exception raised here."""
-        self.done.acquire()
-        self.done.release()  # a second result() returns at once
+        self.wait()
         if self.error is not None:
             raise self.error
         return self.value
@@ -156,14 +160,15 @@ class _NoiseBatches:
     the batch size (torch's CPU ``normal_`` transforms its uniforms 16 at a time); rows drawn beyond a batch are
     carried over to the next one.
 
-    Two buffer pairs alternate (without ``keep_noise`` the sum overwrites the noise: one buffer per slot). With
-    ``overlap`` the process's helper thread (:class:`_Helper`) draws the noise of batch i + 1 into the other pair
-    while the caller uses batch i; with one intra-op thread it also forms x + sigma z and runs the work queued
-    with :meth:`after` (the vote tally and first-order sums), so the caller's thread only runs the model. A draw
-    the helper has not started when it is needed (no free core) is taken back and done by the caller. The caller
-    must be done with a batch when it asks for the next one. The generator is used by one thread at a time, in
-    batch order, and every operation is the same in either thread, so the results are the same with or without
-    it. Use as a context manager (on exit a draw still pending is taken back or waited for).
+    ``group`` + 1 buffer slots rotate (a noise and an input buffer each; without ``keep_noise`` the sum
+    overwrites the noise: one buffer per slot). With ``overlap`` the process's helper thread (:class:`_Helper`)
+    draws the noise of batches i + 1 .. i + group into the other slots while the caller uses batch i; with one
+    intra-op thread it also forms x + sigma z and runs the work queued with :meth:`after` (the vote tally and
+    first-order sums), so the caller's thread only runs the model. A draw the helper has not started when it is
+    needed (no free core) is taken back and done by the caller. The caller must be done with a batch when it asks
+    for the next one. The generator is used by one thread at a time, in batch order, and every operation is the same
+    in either thread, so the results are the same with or without it. Use as a context manager (on exit a draw still
+    pending is taken back or waited for).
     """
 
     def __init__(self, x: torch.Tensor, sigma: float, bs: int, segments: list[tuple[Any, int]], *,
@@ -317,8 +322,7 @@ class _NoiseBatches:
         for j in sorted(self._pending, reverse=True):
             task = self._pending[j][0]
             if not task.cancel():
-                task.done.acquire()
-                task.done.release()
+                task.wait()
         self._pending.clear()
 
 
