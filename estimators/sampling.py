@@ -117,7 +117,7 @@ class _Helper:
 
     def __init__(self) -> None:
         self.pid = os.getpid()
-        self.jobs: "queue.SimpleQueue[_Task]" = queue.SimpleQueue()
+        self.jobs: "queue.SimpleQueue[list[_Task]]" = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._serve, name="certify-noise", daemon=True)
         self.thread.start()
 
@@ -133,42 +133,46 @@ class _Helper:
                     helper = cls._instance = cls()
         return helper
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> _Task:
-        task = _Task(fn, args)
-        self.jobs.put(task)
-        return task
+    def submit(self, jobs: Sequence[tuple[Callable[..., Any], tuple]]) -> list[_Task]:
+        """Queue the jobs (fn, args), to run in this order; one queue item for all of them (waking an idle
+        thread is paid once)."""
+        tasks = [_Task(fn, args) for fn, args in jobs]
+        self.jobs.put(tasks)
+        return tasks
 
     def _serve(self) -> None:
         while True:
-            task = self.jobs.get()
-            if not task.claim.acquire(blocking=False):  # taken back by the caller
-                continue
-            try:
-                task.value = task.fn(*task.args)
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller, raised by result()
-                task.error = exc
-            finally:
-                task.done.release()
+            for task in self.jobs.get():
+                if not task.claim.acquire(blocking=False):  # taken back by the caller
+                    continue
+                try:
+                    task.value = task.fn(*task.args)
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller, raised by result()
+                    task.error = exc
+                finally:
+                    task.done.release()
 
 
 class _NoiseBatches:
-    """Consecutive (z, x + sigma z) batches of sizes ``sizes`` = bs, bs, ..., (rest), drawn from ``generator`` in
-    order; the sum is formed in x's dtype and rounded once to ``input_dtype``.
+    """Consecutive (z, x + sigma z) batches of sizes ``sizes`` (``_ramped_batches`` of the segments), each segment
+    drawn from its own generator in order; the sum is formed in x's dtype and rounded once to ``input_dtype``.
 
     Batch-size independent stream: every ``normal_`` call covers a whole number of 16-value chunks (``block``
     samples of D values each, block = 16 / gcd(D, 16)), so the generator's output is cut the same way whatever
     the batch size (torch's CPU ``normal_`` transforms its uniforms 16 at a time); rows drawn beyond a batch are
-    carried over to the next one.
+    carried over to the segment's next batch.
 
     ``group`` + 1 buffer slots rotate (a noise and an input buffer each; without ``keep_noise`` the sum
     overwrites the noise: one buffer per slot). With ``overlap`` the process's helper thread (:class:`_Helper`)
     draws the noise of batches i + 1 .. i + group into the other slots while the caller uses batch i; with one
     intra-op thread it also forms x + sigma z and runs the work queued with :meth:`after` (the vote tally and
     first-order sums), so the caller's thread only runs the model. A draw the helper has not started when it is
-    needed (no free core) is taken back and done by the caller. The caller must be done with a batch when it asks
-    for the next one. The generator is used by one thread at a time, in batch order, and every operation is the same
-    in either thread, so the results are the same with or without it. Use as a context manager (on exit a draw still
-    pending is taken back or waited for).
+    needed (no free core) is taken back and done by the caller. When batch 1 starts another segment (certify's
+    estimation stream after its selection batch), the helper starts on batches 1 .. group while the caller draws
+    batch 0; with the last batch the helper is handed the work still queued on earlier batches. The caller must be
+    done with a batch when it asks for the next one. Each segment's generator is used by one thread at a time, in
+    batch order, and every operation is the same in either thread, so the results are the same with or without the
+    helper. Use as a context manager (on exit a draw or work still pending is taken back or waited for).
     """
 
     def __init__(self, x: torch.Tensor, sigma: float, bs: int, segments: list[tuple[Any, int]], *,
@@ -203,36 +207,43 @@ class _NoiseBatches:
         self.pool = _Helper.get() if overlap else None
         # the helper's extra work uses serial kernels only with one intra-op thread (no second thread team)
         self.helper_sums = self.pool is not None and torch.get_num_threads() == 1
-        self.generator: Optional[torch.Generator] = None
-        self._segment = -1
-        self._carry: Optional[torch.Tensor] = None
+        # per segment: [its generator, the rows drawn beyond its last batch]; a segment's batches are drawn in
+        # order (by one thread at a time), different segments' draws touch different entries
+        self._state: dict[int, list[Any]] = {}
         self._next = 0
         # batch index -> (its draw handed to the helper, the queued work that draw runs first)
         self._pending: dict[int, tuple[_Task, tuple[Callable[[], None], ...]]] = {}
+        # the first draws may start with batch 0's when they belong to another segment (their own generator); not
+        # with a noise_source (its calls share its buffers)
+        self._early = (self.pool is not None and noise_source is None and len(self.batches) > 1
+                       and self.batches[1][0] != self.batches[0][0])
         self._queued: list[Callable[[], None]] = []  # work on earlier batches, run before the next draw
+        self._tail: Optional[tuple[_Task, tuple[Callable[[], None], ...]]] = None  # queued work handed over last
 
-    def _enter_segment(self, i: int) -> None:
-        """Switch to the generator of batch i's segment (a seed is turned into a fresh generator here, in batch
-        order); rows carried from the previous segment are dropped (they belong to no sample)."""
+    def _segment_state(self, i: int) -> list[Any]:
+        """[generator, carried rows] of batch i's segment; a seed becomes a fresh generator at the segment's first
+        batch. A segment starts with no carried rows (rows drawn beyond the previous segment belong to no sample)."""
         k = self.batches[i][0]
-        if k != self._segment:
+        state = self._state.get(k)
+        if state is None:
             source = self.segments[k][0]
-            self.generator = source if isinstance(source, torch.Generator) else make_generator(source, self.x.device)
-            self._segment, self._carry = k, None
+            gen = source if isinstance(source, torch.Generator) else make_generator(source, self.x.device)
+            state = self._state[k] = [gen, None]
+        return state
 
-    def _noise(self, i: int) -> torch.Tensor:
-        """z of batch i: the rows carried from batch i - 1, then whole blocks of fresh draws."""
+    def _noise(self, i: int, state: list[Any]) -> torch.Tensor:
+        """z of batch i: the rows carried from batch i - 1 of its segment, then whole blocks of fresh draws."""
         b = self.sizes[i]
         slot = self.noise[i % len(self.noise)]
-        carry = self._carry
+        carry = state[1]
         c = 0 if carry is None else int(carry.shape[0])
         if carry is not None:
             slot[:c].copy_(carry)
         need = b - c
         m = -(-need // self.block) * self.block if need > 0 else 0
         if m:
-            slot[c:c + m].normal_(generator=self.generator)
-        self._carry = slot[b:c + m].clone() if c + m > b else None
+            slot[c:c + m].normal_(generator=state[0])
+        state[1] = slot[b:c + m].clone() if c + m > b else None
         return slot[:b]
 
     def _sum(self, i: int, z: torch.Tensor) -> torch.Tensor:
@@ -247,11 +258,10 @@ class _NoiseBatches:
         with torch.inference_mode():  # thread-local: the helper thread needs it too (buffers may be inference tensors)
             for fn in before:
                 fn()
-            self._enter_segment(i)
+            state = self._segment_state(i)
             if self.noise_source is not None:  # the classifier inputs themselves (a fresh tensor per batch)
-                assert self.generator is not None  # set by _enter_segment
-                return self.noise[0][:self.sizes[i]], self.noise_source(self.sizes[i], self.generator)
-            z = self._noise(i)
+                return self.noise[0][:self.sizes[i]], self.noise_source(self.sizes[i], state[0])
+            z = self._noise(i, state)
             return z, (self._sum(i, z) if self.helper_sums else None)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -260,6 +270,8 @@ class _NoiseBatches:
         (with every later one) and done in the caller's thread."""
         i = self._next
         self._next += 1
+        if i == 0 and self._early:  # batch 1 starts another segment: the helper draws it while this thread draws 0
+            self._hand_over(0)
         entry = self._pending.pop(i, None)
         if entry is None:
             z, batch = self._draw(i)
@@ -274,16 +286,28 @@ class _NoiseBatches:
                 self._queued[:0] = taken
                 z, batch = entry[0].result()
         if self.pool is not None and i + 1 < len(self.sizes) and not self._pending:
-            # slots: the caller holds batch i's, the next `group` draws fill the others; the queued work (on
-            # earlier batches, whose buffers these draws reuse) runs first
-            before, self._queued = tuple(self._queued), []
-            for j in range(i + 1, min(i + 1 + self.group, len(self.sizes))):
-                self._pending[j] = (self.pool.submit(self._draw, j, before), before)
-                before = ()
+            self._hand_over(i)
+        elif self.pool is not None and i + 1 == len(self.sizes) and self._queued and not self._pending:
+            # the last batch: the helper runs the work still queued on earlier batches while the classifier
+            # evaluates this one (no draw reuses their buffers any more)
+            work, self._queued = tuple(self._queued), []
+            self._tail = (self.pool.submit([(_run_all, (work,))])[0], work)
         if batch is None:
             with torch.inference_mode():
                 batch = self._sum(i, z)
         return z, batch
+
+    def _hand_over(self, i: int) -> None:
+        """Hand the helper the draws of batches i + 1 .. i + group (one queue item). Slots: the caller holds batch
+        i's, these draws fill the others; the queued work (on earlier batches, whose buffers these draws reuse)
+        runs first."""
+        assert self.pool is not None
+        before, self._queued = tuple(self._queued), []
+        todo = range(i + 1, min(i + 1 + self.group, len(self.sizes)))
+        befores = [before] + [()] * (len(todo) - 1)
+        tasks = self.pool.submit([(self._draw, (j, b)) for j, b in zip(todo, befores)])
+        for j, b, task in zip(todo, befores, tasks):
+            self._pending[j] = (task, b)
 
     def _take_back(self, *, after: int) -> tuple[Callable[[], None], ...]:
         """Cancel the pending draws of batches > ``after``, last first, up to the first one the helper has
@@ -307,10 +331,15 @@ class _NoiseBatches:
             fn()
 
     def finish(self) -> None:
-        """Run the work still queued (in the caller's thread: the helper has no draw left to do)."""
-        with torch.inference_mode():
-            for fn in self._queued:
-                fn()
+        """Wait for the work handed to the helper with the last batch (or take it back and run it here, when the
+        helper has not started it), then run the work still queued (the last batch's) in the caller's thread."""
+        if self._tail is not None:
+            (task, work), self._tail = self._tail, None
+            if task.cancel():
+                _run_all(work)
+            else:
+                task.result()
+        _run_all(tuple(self._queued))
         self._queued.clear()
 
     def __enter__(self) -> "_NoiseBatches":
@@ -319,11 +348,21 @@ class _NoiseBatches:
     def __exit__(self, *exc) -> None:
         # draws still pending (the caller stopped early, e.g. on an error) are taken back, or waited for: no job
         # of this run may touch its buffers or generator after it ends
-        for j in sorted(self._pending, reverse=True):
-            task = self._pending[j][0]
+        tasks = [self._pending[j][0] for j in sorted(self._pending, reverse=True)]
+        if self._tail is not None:
+            tasks.insert(0, self._tail[0])
+        for task in tasks:
             if not task.cancel():
                 task.wait()
         self._pending.clear()
+        self._tail = None
+
+
+def _run_all(work: Sequence[Callable[[], None]]) -> None:
+    """Run the queued work in order (under ``torch.inference_mode``: thread-local, the helper needs it too)."""
+    with torch.inference_mode():
+        for fn in work:
+            fn()
 
 
 #: the first batch of a run has at most max(batch_size / RAMP, RAMP_START) samples, and each next batch at most

@@ -135,7 +135,7 @@ def _traced_batches(overlap, *, hold=None, release_after=None, block_draw=None, 
     out, ran, where = [], [], {}
     helper_drew = threading.Event()  # set when the helper starts a draw
     if hold is not None:
-        _Helper.get().submit(hold.wait)  # the helper is busy from before the run
+        _Helper.get().submit([(hold.wait, ())])  # the helper is busy from before the run
     try:
         with _NoiseBatches(x, 0.5, 10, [(make_generator(5, "cpu"), 45)], input_dtype=x.dtype,
                            overlap=overlap) as src:
@@ -263,5 +263,85 @@ def test_helper_errors_reach_the_caller():
         raise KeyError("in the helper")
 
     with pytest.raises(KeyError, match="in the helper"):
-        _Helper.get().submit(fail).result()
-    assert _Helper.get().submit(lambda: 7).result() == 7
+        _Helper.get().submit([(fail, ())])[0].result()
+    assert _Helper.get().submit([(lambda: 7, ())])[0].result() == 7
+
+
+def _two_segment_run(overlap, *, main_waits_for_helper=False, threads=None, settle=False):
+    """A 10-sample segment then a 35-sample one (certify's selection and estimation streams), batches of 10: the
+    batches, and for every batch the thread that drew it and the thread that ran its queued work. With
+    ``main_waits_for_helper`` the caller's draw of batch 0 waits until the helper is inside batch 1's draw; with
+    ``settle`` the caller waits, after each batch, until the helper has run what it was handed (as a model's
+    forward pass would give it time to)."""
+    import threading
+
+    from estimators.sampling import _NoiseBatches, make_generator
+
+    x = torch.rand(3, 7, 7, generator=torch.Generator().manual_seed(1))
+    out, ran, where = [], [], {}
+    helper_drew = threading.Event()
+    saved = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        with _NoiseBatches(x, 0.5, 10, [(make_generator(5, "cpu"), 10), (make_generator(6, "cpu"), 35)],
+                           input_dtype=x.dtype, overlap=overlap) as src:
+            draw = src._draw
+
+            def traced(i, before=()):
+                where[i] = threading.current_thread().name
+                if where[i] == "certify-noise":
+                    helper_drew.set()
+                elif i == 0 and main_waits_for_helper:
+                    assert helper_drew.wait(30)  # both threads draw at once, each from its own generator
+                return draw(i, before)
+
+            src._draw = traced
+            for i in range(len(src.sizes)):
+                z, batch = src.next()
+                out.append((z.clone(), batch.clone()))
+                src.after(lambda i=i: ran.append((i, threading.current_thread().name)))
+                if settle:
+                    for task in [t for t, _ in src._pending.values()] + ([src._tail[0]] if src._tail else []):
+                        task.wait()
+            src.finish()
+    finally:
+        torch.set_num_threads(saved)
+    return out, ran, where
+
+
+def test_helper_starts_the_next_segment_while_the_caller_draws_the_first_batch():
+    """Batch 1 belongs to another segment (its own generator): the helper draws it while the caller draws batch
+    0 (the caller waits inside its draw until the helper has started), and the noise is unchanged."""
+    import threading
+
+    ref, _, _ = _two_segment_run(False)
+    got, _, where = _two_segment_run(True, main_waits_for_helper=True)
+    assert [b[0].shape[0] for b in got] == [10, 10, 10, 10, 5]
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(ref, got))
+    assert where[0] == threading.main_thread().name and where[1] == "certify-noise"
+
+
+def test_a_noise_source_never_starts_early():
+    """A noise source's calls share its buffers: with one, batch 1 is not handed over before batch 0 is drawn."""
+    from estimators.sampling import _NoiseBatches, make_generator
+
+    x = torch.rand(4)
+    src = _NoiseBatches(x, 0.5, 10, [(make_generator(5, "cpu"), 10), (make_generator(6, "cpu"), 35)],
+                        input_dtype=x.dtype, overlap=True, noise_source=lambda b, g: torch.zeros(b, 4))
+    plain = _NoiseBatches(x, 0.5, 10, [(make_generator(5, "cpu"), 10), (make_generator(6, "cpu"), 35)],
+                          input_dtype=x.dtype, overlap=True)
+    assert not src._early and plain._early
+
+
+def test_work_queued_on_the_last_batches_runs_in_the_helper_in_order():
+    """With one intra-op thread the queued work (vote tallies) runs in the helper; the work still queued when the
+    last batch is drawn is handed over with it (the caller only runs the last batch's), in batch order."""
+    import threading
+
+    ref, _, _ = _two_segment_run(False)
+    got, ran, where = _two_segment_run(True, threads=1, settle=True)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(ref, got))
+    assert [i for i, _ in ran] == list(range(5))
+    assert [name for _, name in ran] == ["certify-noise"] * 4 + [threading.main_thread().name]
+    assert [where[i] for i in range(5)] == [threading.main_thread().name] + ["certify-noise"] * 4
