@@ -399,6 +399,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 500, 1000, 2000])
     p.add_argument("--n-throughput", type=int, default=None, help="n_estimate of the throughput runs")
     p.add_argument("--n-overhead", type=int, default=None, help="n_estimate of the first-order overhead runs")
+    p.add_argument("--overhead-repeats", type=int, default=None,
+                   help="passes over the 3 images in the first-order overhead part (pairs = 3 x this; default 10)")
     p.add_argument("--n-radii", type=int, default=None, help="n_estimate of the radius-ratio runs")
     p.add_argument("--images", type=int, default=100, help="test images for the radius ratios")
     p.add_argument("--image-skip", type=int, default=100)
@@ -432,7 +434,7 @@ def main(argv=None) -> int:
     args.n_overhead = args.n_overhead or (5_000 if quick else 20_000)
     args.n_radii = args.n_radii or (2_000 if quick else 10_000)
     args.repeats = args.repeats or (6 if quick else 12)
-    args.overhead_repeats = 2 if quick else 4
+    args.overhead_repeats = args.overhead_repeats or (2 if quick else 10)
     torch.set_num_threads(args.threads)
 
     model = _load("fmnist_cnn_sigma0.25")

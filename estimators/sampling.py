@@ -210,6 +210,7 @@ class _NoiseBatches:
         # per segment: [its generator, the rows drawn beyond its last batch]; a segment's batches are drawn in
         # order (by one thread at a time), different segments' draws touch different entries
         self._state: dict[int, list[Any]] = {}
+        self._last = {k: i for i, (k, _) in enumerate(self.batches)}  # the last batch of every segment
         self._next = 0
         # batch index -> (its draw handed to the helper, the queued work that draw runs first)
         self._pending: dict[int, tuple[_Task, tuple[Callable[[], None], ...]]] = {}
@@ -222,13 +223,16 @@ class _NoiseBatches:
 
     def _segment_state(self, i: int) -> list[Any]:
         """[generator, carried rows] of batch i's segment; a seed becomes a fresh generator at the segment's first
-        batch. A segment starts with no carried rows (rows drawn beyond the previous segment belong to no sample)."""
+        batch. A segment starts with no carried rows (rows drawn beyond the previous segment belong to no sample);
+        its state is dropped at its last batch (nothing of it is drawn again)."""
         k = self.batches[i][0]
-        state = self._state.get(k)
+        state = self._state.pop(k, None) if self._last[k] == i else self._state.get(k)
         if state is None:
             source = self.segments[k][0]
             gen = source if isinstance(source, torch.Generator) else make_generator(source, self.x.device)
-            state = self._state[k] = [gen, None]
+            state = [gen, None]
+            if self._last[k] != i:
+                self._state[k] = state
         return state
 
     def _noise(self, i: int, state: list[Any]) -> torch.Tensor:
@@ -243,7 +247,8 @@ class _NoiseBatches:
         m = -(-need // self.block) * self.block if need > 0 else 0
         if m:
             slot[c:c + m].normal_(generator=state[0])
-        state[1] = slot[b:c + m].clone() if c + m > b else None
+        # rows drawn beyond the segment's last batch belong to no sample
+        state[1] = slot[b:c + m].clone() if c + m > b and self._last[self.batches[i][0]] != i else None
         return slot[:b]
 
     def _sum(self, i: int, z: torch.Tensor) -> torch.Tensor:

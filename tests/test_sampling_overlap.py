@@ -345,3 +345,17 @@ def test_work_queued_on_the_last_batches_runs_in_the_helper_in_order():
     assert [i for i, _ in ran] == list(range(5))
     assert [name for _, name in ran] == ["certify-noise"] * 4 + [threading.main_thread().name]
     assert [where[i] for i in range(5)] == [threading.main_thread().name] + ["certify-noise"] * 4
+
+
+def test_segment_state_is_dropped_after_its_last_batch():
+    """Every segment's generator and carried rows are released at its last batch (a long chunked stream keeps
+    O(1) segment state; D = 5 is not a multiple of 16, so rows are carried)."""
+    from estimators.sampling import _NoiseBatches
+
+    x = torch.rand(5)
+    seen = []
+    with _NoiseBatches(x, 0.5, 7, [(s, 20) for s in range(6)], input_dtype=x.dtype, overlap=False) as src:
+        for _ in src.sizes:
+            src.next()
+            seen.append(len(src._state))
+    assert max(seen) == 1 and seen[-1] == 0
