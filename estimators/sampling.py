@@ -10,9 +10,9 @@ For an input x (any shape S, one example), a noise level sigma and a callable ``
   The half means m_h = half_sums[h] / n_h are independent unbiased estimates of sigma * grad pA(x)
   (see :mod:`estimators.gradient`).
 
-Memory is O(batch_size * D) regardless of n: a few noise buffers (one, or with the helper thread ``GROUP`` + 1
-for small batches and 2 for large ones; as many input buffers for first-order sums, otherwise x + sigma z
-overwrites the noise) are reused. The first-order sums cost one (2, B) @ (B, D) matrix product per batch. No
+Memory is O(batch_size * D) regardless of n: a few noise buffers (one, or with the helper thread up to ``GROUP``
++ 1 for small batches, within ``GROUP_BYTES``, and 2 for large ones; as many input buffers for first-order sums,
+otherwise x + sigma z overwrites the noise) are reused. The first-order sums cost one (2, B) @ (B, D) matrix product per batch. No
 per-sample Python work; counts stay on the device and are read back once.
 
 Precision: noise is drawn and added in float32 or float64, never in a half dtype: for a float16/bfloat16 x the
@@ -66,10 +66,10 @@ __all__ = ["SampleStats", "sample_noise", "sample_streams", "chunk_segments", "m
 logger = logging.getLogger(__name__)
 
 
-#: draws handed to the noise helper thread at once (each needs one more buffer slot), when a slot has at most
-#: GROUP_MAX_SLOT_BYTES bytes (larger batches: one at a time)
-GROUP = 3
-GROUP_MAX_SLOT_BYTES = 16 * 2 ** 20
+#: at most GROUP draws are handed to the noise helper thread at once (each needs one more buffer slot), and only
+#: as many as keep the group + 1 slots within GROUP_BYTES (large batches: one at a time)
+GROUP = 6
+GROUP_BYTES = 24 * 2 ** 20
 
 
 class _Task:
@@ -191,12 +191,13 @@ class _NoiseBatches:
         self.block = 16 // math.gcd(int(x.numel()), 16)
         rows = bs + self.block - 1  # carried rows (< block) + the whole blocks drawn for one batch
         # draws handed to the helper at once: waking an idle helper thread costs tens of microseconds on some
-        # machines, so small batches are handed over GROUP at a time (one more buffer slot each)
-        slot_bytes = rows * x.numel() * x.element_size()
+        # machines, so small batches are handed over up to GROUP at a time (one more buffer slot each: a noise
+        # buffer, and an input buffer for first-order sums)
+        slot_bytes = (rows + (bs if keep_noise else 0)) * x.numel() * x.element_size()
         # a noise_source owns its output buffers and may keep only the last two intact (LatticeSource): its draws
         # go to the helper one at a time
-        grouped = slot_bytes <= GROUP_MAX_SLOT_BYTES and noise_source is None
-        self.group = (GROUP if grouped else 1) if overlap else 0
+        group = max(1, min(GROUP, GROUP_BYTES // max(slot_bytes, 1) - 1)) if noise_source is None else 1
+        self.group = group if overlap else 0
         slots = self.group + 1
         self.noise = [torch.empty((rows, *x.shape), device=x.device, dtype=x.dtype) for _ in range(slots)]
         # without first-order sums z is not needed after x + sigma z: the sum overwrites it (half the memory
