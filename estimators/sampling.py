@@ -12,8 +12,8 @@ For an input x (any shape S, one example), a noise level sigma and a callable ``
 
 Memory is O(batch_size * D) regardless of n: a few noise buffers (one, or with the helper thread up to ``GROUP``
 + 1 for small batches, within ``GROUP_BYTES``, and 2 for large ones; as many input buffers for first-order sums,
-otherwise x + sigma z overwrites the noise) are reused. The first-order sums cost one (2, B) @ (B, D) matrix product per batch. No
-per-sample Python work; counts stay on the device and are read back once.
+otherwise x + sigma z overwrites the noise) are reused. The first-order sums cost one (2, B) @ (B, D) matrix
+product per batch. No per-sample Python work; counts stay on the device and are read back once.
 
 Precision: noise is drawn and added in float32 or float64, never in a half dtype: for a float16/bfloat16 x the
 sum x + sigma z is formed in float32 and rounded once to ``input_dtype`` (default x's dtype) for the
