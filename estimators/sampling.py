@@ -262,6 +262,8 @@ class _NoiseBatches:
     def _draw(self, i: int, before: tuple[Callable[[], None], ...] = ()) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """(z, x + sigma z or None) of batch i, after running ``before`` (``normal_`` is a serial kernel)."""
         with torch.inference_mode():  # thread-local: the helper thread needs it too (buffers may be inference tensors)
+            if self.helper_sums and self.pool is not None and threading.current_thread() is self.pool.thread:
+                _one_thread()
             for fn in before:
                 fn()
             state = self._segment_state(i)
@@ -297,7 +299,7 @@ class _NoiseBatches:
             # the last batch: the helper runs the work still queued on earlier batches while the classifier
             # evaluates this one (no draw reuses their buffers any more)
             work, self._queued = tuple(self._queued), []
-            self._tail = (self.pool.submit([(_run_all, (work,))])[0], work)
+            self._tail = (self.pool.submit([(_run_all, (work, True))])[0], work)
         if batch is None:
             with torch.inference_mode():
                 batch = self._sum(i, z)
@@ -364,11 +366,23 @@ class _NoiseBatches:
         self._tail = None
 
 
-def _run_all(work: Sequence[Callable[[], None]]) -> None:
-    """Run the queued work in order (under ``torch.inference_mode``: thread-local, the helper needs it too)."""
+def _run_all(work: Sequence[Callable[[], None]], helper: bool = False) -> None:
+    """Run the queued work in order (under ``torch.inference_mode``: thread-local, the helper needs it too);
+    ``helper``: in the helper thread (with one intra-op thread, as the caller's)."""
+    if helper:
+        _one_thread()
     with torch.inference_mode():
         for fn in work:
             fn()
+
+
+def _one_thread() -> None:
+    """One intra-op thread for this thread's torch work. The setting is per thread (OpenMP, MKL) and made on a
+    thread's first torch work: the helper thread may keep the process's earlier count after
+    ``torch.set_num_threads(1)``, and a matrix product split between threads may round differently, so the
+    helper sets it before the work it runs for a caller with one thread (the process's count is 1 already)."""
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
 
 
 #: the first batch of a run has at most max(batch_size / RAMP, RAMP_START) samples, and each next batch at most
