@@ -682,6 +682,8 @@ def _run(classifier, x: torch.Tensor, *, sigma: float, streams: list[list[tuple[
             z, batch = source.next()
             scores = classifier(batch) if checked else _first_scores(classifier, batch, b, shape, num_classes)
             checked = True
+            if source.helper_sums:  # tallied later, in the helper: the model may write its next scores in place
+                scores = scores.clone()
             first = None
             if target is not None:
                 mask = half_mask[:, :b] if done % 2 == 0 else half_mask.flip(0)[:, :b]

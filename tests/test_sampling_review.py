@@ -60,3 +60,33 @@ def test_helper_runs_first_order_work_with_one_intra_op_thread():
             assert np.array_equal(runs[0].half_sums, runs[1].half_sums), bs
     finally:
         torch.set_num_threads(saved)
+
+
+def test_a_model_that_reuses_its_output_tensor_gets_the_same_counts():
+    """With one intra-op thread the vote tallies are queued and run later (in the helper thread, before the
+    next draws, or at the end): a model returning its scores in one reused tensor (a preallocated output, a
+    static graph's output buffer) must still have every batch counted on its own scores."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        x = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(0))
+        net = _linear(3 * 8 * 8, 5, torch.float32)
+        out = torch.empty(0)
+
+        def reusing(b):
+            nonlocal out
+            scores = net(b)
+            if out.shape != scores.shape:
+                out = torch.empty_like(scores)
+            return out.copy_(scores)
+
+        for target in (None, 4):
+            ref = sample_noise(net, x, sigma=0.5, n=3000, num_classes=5, batch_size=100, seed=3, target=target,
+                               overlap=False)
+            got = sample_noise(reusing, x, sigma=0.5, n=3000, num_classes=5, batch_size=100, seed=3,
+                               target=target, overlap=True)
+            assert np.array_equal(got.counts, ref.counts) and got.half_hits == ref.half_hits
+            if target is not None:
+                assert np.array_equal(got.half_sums, ref.half_sums)
+    finally:
+        torch.set_num_threads(saved)
