@@ -90,3 +90,68 @@ def test_a_model_that_reuses_its_output_tensor_gets_the_same_counts():
                 assert np.array_equal(got.half_sums, ref.half_sums)
     finally:
         torch.set_num_threads(saved)
+
+
+def _failing_at_last_batch(hold=None, inside=None, go=None):
+    """A 45-sample stream (batches of 10, one intra-op thread) whose model fails on the last batch, after the
+    work still queued was handed to the helper (the tail). ``hold``: an Event the helper waits on from before
+    the run (it never starts the tail); ``inside`` / ``go``: the helper signals ``inside`` from the tail's work
+    and waits for ``go``. Returns the order of events: ('tally', i) per tally run, 'exit' when the run ended."""
+    events = []
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    helper = _Helper.get()
+    if hold is not None:
+        helper.submit([(hold.wait, (30,))])
+    x = torch.rand(3, 7, 7, generator=torch.Generator().manual_seed(1))
+    try:
+        with _NoiseBatches(x, 0.5, 10, [(make_generator(5, "cpu"), 45)], input_dtype=x.dtype,
+                           overlap=True) as src:
+            last = len(src.sizes) - 1
+            for i in range(last + 1):
+                src.next()
+                if i == last:
+                    assert src._tail is not None  # the queued work was handed over with the last batch
+                    if inside is not None:
+                        assert inside.wait(30)  # the helper is inside the tail's work
+                    raise RuntimeError("model failed")
+
+                def tally(i=i):
+                    if inside is not None and threading.current_thread() is helper.thread:
+                        inside.set()
+                        assert go.wait(30)
+                    events.append(("tally", i))
+
+                src.after(tally)
+                for task in [t for t, _ in src._pending.values()] if hold is None else []:
+                    task.wait()  # the time a model's forward pass gives the helper
+    except RuntimeError as exc:
+        assert "model failed" in str(exc)
+        events.append("exit")
+    finally:
+        torch.set_num_threads(saved)
+        if hold is not None:
+            hold.set()
+    helper.submit([(lambda: None, ())])[0].result()  # everything queued before has been run or skipped
+    return events
+
+
+def test_a_failed_run_takes_back_its_tail_from_a_busy_helper():
+    """The helper is busy, the model fails on the last batch: the tail (work on earlier batches) is taken back
+    and never runs after the run ended."""
+    events = _failing_at_last_batch(hold=threading.Event())
+    assert events[-1] == "exit" and ("tally", 3) not in events
+
+
+def test_a_failed_run_waits_for_the_tail_the_helper_is_running():
+    """The helper is inside the tail's work when the model fails on the last batch: the run ends only after
+    that work is done (no job of a finished run touches its counts or buffers)."""
+    inside, go = threading.Event(), threading.Event()
+    timer = threading.Timer(0.05, go.set)  # released while the caller is (or should be) waiting in __exit__
+    timer.start()
+    try:
+        events = _failing_at_last_batch(inside=inside, go=go)
+    finally:
+        timer.cancel()
+        go.set()
+    assert events[-2:] == [("tally", 3), "exit"]
