@@ -280,7 +280,8 @@ class _NoiseBatches:
         self._next += 1
         if i == 0 and self._early:  # batch 1 starts another segment: the helper draws it while this thread draws 0
             self._hand_over(0)
-        entry = self._pending.pop(i, None)
+        # a draw stays pending while it is waited for: a wait interrupted by an exception is waited for on exit
+        entry = self._pending.get(i)
         if entry is None:
             z, batch = self._draw(i)
         elif entry[0].started():
@@ -289,10 +290,12 @@ class _NoiseBatches:
             # them before draw i), and draw here, in the same order
             taken = self._take_back(after=i)
             if entry[0].cancel():
+                del self._pending[i]
                 z, batch = self._draw(i, entry[1] + taken)
             else:  # the helper started draw i meanwhile; the later draws taken back are handed over again below
                 self._queued[:0] = taken
                 z, batch = entry[0].result()
+        self._pending.pop(i, None)
         if self.pool is not None and i + 1 < len(self.sizes) and not self._pending:
             self._hand_over(i)
         elif self.pool is not None and i + 1 == len(self.sizes) and self._queued and not self._pending:

@@ -3,6 +3,7 @@ bit-identical with or without it, whatever work the helper ran before."""
 import threading
 
 import numpy as np
+import pytest
 import torch
 
 from estimators.sampling import _Helper, _NoiseBatches, make_generator, sample_noise
@@ -155,3 +156,50 @@ def test_a_failed_run_waits_for_the_tail_the_helper_is_running():
         timer.cancel()
         go.set()
     assert events[-2:] == [("tally", 3), "exit"]
+
+
+def test_an_interrupted_wait_for_a_draw_still_waits_for_it_on_exit():
+    """The caller is waiting for a draw the helper is running when an exception interrupts the wait (Ctrl-C, a
+    signal-based time limit): the run must not end before that draw does (it draws from the run's generator,
+    which may be the caller's own torch.Generator, reused by its next run)."""
+    import signal
+
+    class Interrupted(Exception):
+        pass
+
+    def handler(signum, frame):
+        raise Interrupted
+
+    x = torch.rand(3, 7, 7, generator=torch.Generator().manual_seed(1))
+    inside, go = threading.Event(), threading.Event()
+    events = []
+    previous = signal.signal(signal.SIGUSR1, handler)
+    main = threading.main_thread().ident
+    # the signal, then the draw's end, come while the caller waits for that draw (if it does)
+    timers = [threading.Timer(0.05, signal.pthread_kill, (main, signal.SIGUSR1)), threading.Timer(0.1, go.set)]
+    try:
+        with pytest.raises(Interrupted):
+            with _NoiseBatches(x, 0.5, 10, [(make_generator(5, "cpu"), 45)], input_dtype=x.dtype,
+                               overlap=True) as src:
+                draw = src._draw
+
+                def traced(i, before=()):
+                    if i == 1 and threading.current_thread() is _Helper.get().thread:
+                        inside.set()
+                        assert go.wait(30)
+                        events.append("draw 1 done")
+                    return draw(i, before)
+
+                src._draw = traced
+                src.next()
+                assert inside.wait(30)  # the helper is inside batch 1's draw
+                for timer in timers:
+                    timer.start()
+                src.next()
+        events.append("run ended")
+    finally:
+        for timer in timers:
+            timer.cancel()
+        go.set()
+        signal.signal(signal.SIGUSR1, previous)
+    assert events == ["draw 1 done", "run ended"]
