@@ -203,3 +203,39 @@ def test_an_interrupted_wait_for_a_draw_still_waits_for_it_on_exit():
         go.set()
         signal.signal(signal.SIGUSR1, previous)
     assert events == ["draw 1 done", "run ended"]
+
+
+def test_a_model_failing_on_the_selection_batch_waits_for_the_early_draws():
+    """Batch 1 starts another segment, so the helper draws batches 1.. while the caller draws batch 0; the
+    model fails on batch 0 while the helper is inside batch 1's draw: the run ends after that draw, and the
+    draws not started never run."""
+    x = torch.rand(3, 7, 7, generator=torch.Generator().manual_seed(1))
+    inside, go = threading.Event(), threading.Event()
+    events = []
+    timer = threading.Timer(0.05, go.set)  # the draw ends while the caller is (or should be) waiting on exit
+    try:
+        with pytest.raises(RuntimeError, match="model failed"):
+            with _NoiseBatches(x, 0.5, 10, [(make_generator(5, "cpu"), 10), (make_generator(6, "cpu"), 45)],
+                               input_dtype=x.dtype, overlap=True) as src:
+                assert src._early and src.group > 1
+                draw = src._draw
+
+                def traced(i, before=()):
+                    if threading.current_thread() is _Helper.get().thread:
+                        if i == 1:
+                            inside.set()
+                            assert go.wait(30)
+                        events.append(("drawn", i))
+                    return draw(i, before)
+
+                src._draw = traced
+                src.next()
+                assert inside.wait(30)  # the helper is inside batch 1's draw
+                timer.start()
+                raise RuntimeError("model failed")
+        events.append("run ended")
+    finally:
+        timer.cancel()
+        go.set()
+    _Helper.get().submit([(lambda: None, ())])[0].result()  # everything queued before has been run or skipped
+    assert events == [("drawn", 1), "run ended"]
