@@ -529,6 +529,12 @@ def _first_scores(classifier, batch: torch.Tensor, b: int, shape: tuple, num_cla
         raise ValueError(
             f"the model failed on a batch of shape {(b, *shape)} built from x of shape {shape}: {exc}; "
             "does x have the shape the model expects (one example, no batch axis)?") from exc
+    return _check_scores(scores, b, shape, num_classes)
+
+
+def _check_scores(scores: Any, b: int, shape: tuple, num_classes: int) -> torch.Tensor:
+    """``scores`` when it is a (b, num_classes) tensor (checked on every batch: the votes of extra rows, e.g. a
+    batch padded to a fixed size, would be counted as samples)."""
     if not isinstance(scores, torch.Tensor) or scores.ndim != 2 or tuple(scores.shape) != (b, num_classes):
         got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
         raise ValueError(
@@ -683,7 +689,8 @@ def _run(classifier, x: torch.Tensor, *, sigma: float, streams: list[list[tuple[
     with torch.inference_mode(), source:
         for segment, b in source.batches:
             z, batch = source.next()
-            scores = classifier(batch) if checked else _first_scores(classifier, batch, b, shape, num_classes)
+            scores = _check_scores(classifier(batch), b, shape, num_classes) if checked else \
+                _first_scores(classifier, batch, b, shape, num_classes)
             checked = True
             if source.helper_sums:  # tallied later, in the helper: the model may write its next scores in place
                 scores = scores.clone()

@@ -239,3 +239,25 @@ def test_a_model_failing_on_the_selection_batch_waits_for_the_early_draws():
         go.set()
     _Helper.get().submit([(lambda: None, ())])[0].result()  # everything queued before has been run or skipped
     assert events == [("drawn", 1), "run ended"]
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_scores_of_a_later_batch_with_extra_or_missing_rows_are_refused(overlap):
+    """Every batch's scores must be (b, num_classes): a model padding every batch to a fixed size (a
+    static-shape export) passes the first batch of 128 but would have the votes of its padding rows counted on
+    the last batch of 44 (384 votes for n = 300, the extra ones all for class 0); a model dropping rows would
+    have fewer votes counted."""
+    def padded(b):
+        m = -(-b.shape[0] // 128) * 128
+        out = torch.zeros((m, 4))
+        out[:, 0] = 1.0
+        out[:b.shape[0]] = b[:, :4]
+        return out
+
+    def truncated(b):  # drops an incomplete sub-batch of 32
+        return b[:b.shape[0] // 32 * 32, :4]
+
+    for net, got in ((padded, 128), (truncated, 32)):
+        with pytest.raises(ValueError, match=rf"scores of shape \(batch, num_classes\) = \(44, 4\), got \({got}, 4\)"):
+            sample_noise(net, torch.zeros(4), sigma=1.0, n=300, num_classes=4, batch_size=128, seed=0,
+                         overlap=overlap)
