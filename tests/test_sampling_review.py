@@ -1,5 +1,6 @@
 """Adversarial checks of estimators.sampling's helper thread: the noisy inputs, counts and first-order sums are
 bit-identical with or without it, whatever work the helper ran before."""
+import signal
 import threading
 
 import numpy as np
@@ -158,12 +159,11 @@ def test_a_failed_run_waits_for_the_tail_the_helper_is_running():
     assert events[-2:] == [("tally", 3), "exit"]
 
 
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs POSIX signals")
 def test_an_interrupted_wait_for_a_draw_still_waits_for_it_on_exit():
     """The caller is waiting for a draw the helper is running when an exception interrupts the wait (Ctrl-C, a
     signal-based time limit): the run must not end before that draw does (it draws from the run's generator,
     which may be the caller's own torch.Generator, reused by its next run)."""
-    import signal
-
     class Interrupted(Exception):
         pass
 
