@@ -345,11 +345,13 @@ class _NoiseBatches:
         """Wait for the work handed to the helper with the last batch (or take it back and run it here, when the
         helper has not started it), then run the work still queued (the last batch's) in the caller's thread."""
         if self._tail is not None:
-            (task, work), self._tail = self._tail, None
-            if task.cancel():
+            task, work = self._tail
+            if task.cancel():  # taken back: the helper never runs it (nothing left to wait for on exit)
+                self._tail = None
                 _run_all(work)
-            else:
+            else:  # stays in _tail while waited for: a wait interrupted by an exception is waited for on exit
                 task.result()
+                self._tail = None
         _run_all(tuple(self._queued))
         self._queued.clear()
 
@@ -398,7 +400,7 @@ RAMP_GROWTH = 4
 def _ramped_batches(lengths: list[int], bs: int) -> list[tuple[int, int]]:
     """(segment, size) of every batch: segments of ``lengths`` cut into batches of at most ``bs`` that never span
     two segments; when the run has more than ``bs`` samples the batch size ramps up from
-    max(bs / RAMP, RAMP_START), each batch at most RAMP_GROWTH times the one before it, so that the helper
+    max(bs / RAMP, RAMP_START), each batch at most RAMP_GROWTH times the largest before it, so that the helper
     thread's draw of the next batch (which it makes while the classifier evaluates this one: noise costs far less
     per sample than a forward pass) is ready in time, instead of a whole batch being drawn while the classifier
     waits; a short first segment (Cohen's 100 selection samples) stays one batch. The cut changes nothing but
@@ -407,6 +409,8 @@ def _ramped_batches(lengths: list[int], bs: int) -> list[tuple[int, int]]:
 
     >>> _ramped_batches([100, 9_900], 500)[:4]
     [(0, 100), (1, 400), (1, 500), (1, 500)]
+    >>> _ramped_batches([8_193, 8_193], 4_096)[:6]
+    [(0, 512), (0, 2048), (0, 4096), (0, 1537), (1, 4096), (1, 4096)]
     """
     cap = min(bs, max(bs // RAMP, RAMP_START)) if sum(lengths) > bs else bs
     out = []
@@ -416,7 +420,7 @@ def _ramped_batches(lengths: list[int], bs: int) -> list[tuple[int, int]]:
             b = min(cap, m - s)
             out.append((k, b))
             s += b
-            cap = min(bs, RAMP_GROWTH * b)
+            cap = min(bs, max(cap, RAMP_GROWTH * b))  # never shrinks: a segment's short last batch restarts nothing
     return out
 
 
@@ -603,8 +607,9 @@ def sample_noise(
     finite scores; anything else raises ValueError. ``input_dtype``: the dtype the classifier receives (default
     x's dtype); noise is drawn in float32 when x or input_dtype is a half dtype, else in x's dtype.
     ``noise_source(b, generator)``: returns the (b, *S) classifier inputs instead of x + sigma z (no ``target``).
-    ``overlap`` (default: on for CPU tensors with at least 2 batches of >= 2**16 values, never with a
-    ``noise_source`` too) draws the next batch's noise in a helper thread; it never changes the results.
+    ``overlap`` (default: on for CPU tensors with at least 2 batches of >= 2**16 values; with a ``noise_source``
+    too, which is then called at most one batch ahead) draws the next batches' noise in a helper thread; it never
+    changes the results.
     ``chunk_size`` (with ``seed``): the stream is chunked (:func:`chunk_segments`; a batch never spans two
     chunks) and starts at chunk ``first_chunk``, so the counts of n samples are the sum of the counts of their
     chunks drawn separately. See the module docstring for the outputs and what is deterministic.

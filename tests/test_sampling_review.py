@@ -261,3 +261,105 @@ def test_scores_of_a_later_batch_with_extra_or_missing_rows_are_refused(overlap)
         with pytest.raises(ValueError, match=rf"scores of shape \(batch, num_classes\) = \(44, 4\), got \({got}, 4\)"):
             sample_noise(net, torch.zeros(4), sigma=1.0, n=300, num_classes=4, batch_size=128, seed=0,
                          overlap=overlap)
+
+
+def _queued_run(body, *, hold=None):
+    """A 45-sample run (batches of 10) with one intra-op thread (the helper runs the queued work); ``body(src,
+    events)`` drives it. ``hold``: an Event the helper waits on from before the run (it starts nothing)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    helper = _Helper.get()
+    if hold is not None:
+        helper.submit([(hold.wait, (30,))])
+    x = torch.rand(3, 7, 7, generator=torch.Generator().manual_seed(1))
+    events = []
+    try:
+        with _NoiseBatches(x, 0.5, 10, [(make_generator(5, "cpu"), 45)], input_dtype=x.dtype,
+                           overlap=True) as src:
+            body(src, events)
+    finally:
+        torch.set_num_threads(saved)
+        if hold is not None:
+            hold.set()
+    helper.submit([(lambda: None, ())])[0].result()
+    return events
+
+
+def test_work_taken_back_in_finish_that_fails_does_not_hang_the_exit():
+    """The helper is busy, so finish() takes the tail back and runs it; a tally in it fails: the run ends with
+    that error (its exit must not wait for a job it took back itself)."""
+    reached = []
+
+    def body(src, events):
+        last = len(src.sizes) - 1
+        for i in range(last + 1):
+            src.next()
+
+            def tally(i=i):
+                if i == last - 1:  # in the tail (earlier tallies ran in the caller, before draws taken back)
+                    raise ArithmeticError("tally failed")
+
+            src.after(tally)
+        assert src._tail is not None and not src._tail[0].started()
+        reached.append("finish")
+        src.finish()
+
+    result = {}
+
+    def run():
+        try:
+            _queued_run(body, hold=threading.Event())
+        except ArithmeticError as exc:
+            result["error"] = str(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive() and result == {"error": "tally failed"} and reached == ["finish"]
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs POSIX signals")
+def test_an_interrupted_wait_for_the_tail_still_waits_for_it_on_exit():
+    """finish() waits for the tail the helper is running when an exception interrupts the wait: the run ends
+    only after the tail (it adds to the run's counts)."""
+    class Interrupted(Exception):
+        pass
+
+    def handler(signum, frame):
+        raise Interrupted
+
+    inside, go = threading.Event(), threading.Event()
+    main = threading.main_thread().ident
+    timers = [threading.Timer(0.05, signal.pthread_kill, (main, signal.SIGUSR1)), threading.Timer(0.1, go.set)]
+
+    def body(src, events):
+        helper = _Helper.get()
+        for i in range(len(src.sizes)):
+            src.next()
+
+            def tally(i=i):
+                if i == 0 and threading.current_thread() is helper.thread:  # tally 0 runs only in the tail
+                    inside.set()
+                    assert go.wait(30)
+                    events.append("tail done")
+
+            src.after(tally)
+            for task in [t for t, _ in src._pending.values()]:
+                task.wait()  # the time a model's forward pass gives the helper
+        assert src._tail is not None and inside.wait(30)  # the helper is inside the tail's work
+        for timer in timers:
+            timer.start()
+        src.finish()
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    events = []
+    try:
+        with pytest.raises(Interrupted):
+            events = _queued_run(lambda src, ev: body(src, events))
+    finally:
+        for timer in timers:
+            timer.cancel()
+        go.set()
+        signal.signal(signal.SIGUSR1, previous)
+    events.append("run ended")
+    assert events == ["tail done", "run ended"]
