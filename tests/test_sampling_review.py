@@ -94,47 +94,59 @@ def test_a_model_that_reuses_its_output_tensor_gets_the_same_counts():
         torch.set_num_threads(saved)
 
 
-def _failing_at_last_batch(hold=None, inside=None, go=None):
-    """A 45-sample stream (batches of 10, one intra-op thread) whose model fails on the last batch, after the
-    work still queued was handed to the helper (the tail). ``hold``: an Event the helper waits on from before
-    the run (it never starts the tail); ``inside`` / ``go``: the helper signals ``inside`` from the tail's work
-    and waits for ``go``. Returns the order of events: ('tally', i) per tally run, 'exit' when the run ended."""
-    events = []
+def _queued_run(body, *, hold=None):
+    """A 45-sample run (batches of 10) with one intra-op thread (the helper runs the queued work); ``body(src,
+    events)`` drives it. ``hold``: an Event the helper waits on from before the run (it starts nothing)."""
     saved = torch.get_num_threads()
     torch.set_num_threads(1)
     helper = _Helper.get()
     if hold is not None:
         helper.submit([(hold.wait, (30,))])
     x = torch.rand(3, 7, 7, generator=torch.Generator().manual_seed(1))
+    events = []
     try:
         with _NoiseBatches(x, 0.5, 10, [(make_generator(5, "cpu"), 45)], input_dtype=x.dtype,
                            overlap=True) as src:
-            last = len(src.sizes) - 1
-            for i in range(last + 1):
-                src.next()
-                if i == last:
-                    assert src._tail is not None  # the queued work was handed over with the last batch
-                    if inside is not None:
-                        assert inside.wait(30)  # the helper is inside the tail's work
-                    raise RuntimeError("model failed")
-
-                def tally(i=i):
-                    if inside is not None and threading.current_thread() is helper.thread:
-                        inside.set()
-                        assert go.wait(30)
-                    events.append(("tally", i))
-
-                src.after(tally)
-                for task in [t for t, _ in src._pending.values()] if hold is None else []:
-                    task.wait()  # the time a model's forward pass gives the helper
-    except RuntimeError as exc:
-        assert "model failed" in str(exc)
-        events.append("exit")
+            body(src, events)
     finally:
         torch.set_num_threads(saved)
         if hold is not None:
             hold.set()
-    helper.submit([(lambda: None, ())])[0].result()  # everything queued before has been run or skipped
+        helper.submit([(lambda: None, ())])[0].result()  # everything queued before has been run or skipped
+    return events
+
+
+def _failing_at_last_batch(hold=None, inside=None, go=None):
+    """A 45-sample stream (batches of 10, one intra-op thread) whose model fails on the last batch, after the
+    work still queued was handed to the helper (the tail). ``hold``: an Event the helper waits on from before
+    the run (it never starts the tail); ``inside`` / ``go``: the helper signals ``inside`` from the tail's work
+    and waits for ``go``. Returns the order of events: ('tally', i) per tally run, 'exit' when the run ended."""
+    events = []
+
+    def body(src, _):
+        helper = _Helper.get()
+        last = len(src.sizes) - 1
+        for i in range(last + 1):
+            src.next()
+            if i == last:
+                assert src._tail is not None  # the queued work was handed over with the last batch
+                if inside is not None:
+                    assert inside.wait(30)  # the helper is inside the tail's work
+                raise RuntimeError("model failed")
+
+            def tally(i=i):
+                if inside is not None and threading.current_thread() is helper.thread:
+                    inside.set()
+                    assert go.wait(30)
+                events.append(("tally", i))
+
+            src.after(tally)
+            for task in [t for t, _ in src._pending.values()] if hold is None else []:
+                task.wait()  # the time a model's forward pass gives the helper
+
+    with pytest.raises(RuntimeError, match="model failed"):
+        _queued_run(body, hold=hold)
+    events.append("exit")
     return events
 
 
@@ -261,28 +273,6 @@ def test_scores_of_a_later_batch_with_extra_or_missing_rows_are_refused(overlap)
         with pytest.raises(ValueError, match=rf"scores of shape \(batch, num_classes\) = \(44, 4\), got \({got}, 4\)"):
             sample_noise(net, torch.zeros(4), sigma=1.0, n=300, num_classes=4, batch_size=128, seed=0,
                          overlap=overlap)
-
-
-def _queued_run(body, *, hold=None):
-    """A 45-sample run (batches of 10) with one intra-op thread (the helper runs the queued work); ``body(src,
-    events)`` drives it. ``hold``: an Event the helper waits on from before the run (it starts nothing)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    helper = _Helper.get()
-    if hold is not None:
-        helper.submit([(hold.wait, (30,))])
-    x = torch.rand(3, 7, 7, generator=torch.Generator().manual_seed(1))
-    events = []
-    try:
-        with _NoiseBatches(x, 0.5, 10, [(make_generator(5, "cpu"), 45)], input_dtype=x.dtype,
-                           overlap=True) as src:
-            body(src, events)
-    finally:
-        torch.set_num_threads(saved)
-        if hold is not None:
-            hold.set()
-    helper.submit([(lambda: None, ())])[0].result()
-    return events
 
 
 def test_work_taken_back_in_finish_that_fails_does_not_hang_the_exit():
