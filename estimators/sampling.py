@@ -248,8 +248,7 @@ class _NoiseBatches:
         m = -(-need // self.block) * self.block if need > 0 else 0
         if m:
             slot[c:c + m].normal_(generator=state[0])
-        # rows drawn beyond the segment's last batch belong to no sample
-        state[1] = slot[b:c + m].clone() if c + m > b and self._last[self.batches[i][0]] != i else None
+        state[1] = slot[b:c + m].clone() if c + m > b else None  # dropped with the state after the last batch
         return slot[:b]
 
     def _sum(self, i: int, z: torch.Tensor) -> torch.Tensor:
@@ -262,7 +261,7 @@ class _NoiseBatches:
     def _draw(self, i: int, before: tuple[Callable[[], None], ...] = ()) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """(z, x + sigma z or None) of batch i, after running ``before`` (``normal_`` is a serial kernel)."""
         with torch.inference_mode():  # thread-local: the helper thread needs it too (buffers may be inference tensors)
-            if self.helper_sums and self.pool is not None and threading.current_thread() is self.pool.thread:
+            if self.helper_sums:  # the helper may run the queued work: one thread, as the caller (a no-op there)
                 _one_thread()
             for fn in before:
                 fn()
